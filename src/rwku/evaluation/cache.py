@@ -1,0 +1,43 @@
+"""A result cache keyed by everything that determines a suite's numbers.
+
+Key = (model fingerprint, target, suite, protocol, evaluation options, data fingerprint).
+The original model of a study is then evaluated once, however many methods are compared
+against it. A model without a fingerprint (e.g. weights changed in memory) is never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+from rwku.io import atomic_write_json
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RWKU_CACHE") or user_cache_dir("rwku")) / "results"
+
+
+class ResultCache:
+    def __init__(self, root: Path | None = None, enabled: bool = True) -> None:
+        self.root = root or cache_root()
+        self.enabled = enabled
+
+    @staticmethod
+    def key(**parts: str | None) -> str:
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def get(self, key: str) -> dict | None:
+        path = self.root / f"{key}.json"
+        if not self.enabled or not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged entry is recomputed, never trusted
+
+    def put(self, key: str, value: dict) -> None:
+        atomic_write_json(self.root / f"{key}.json", value)

@@ -1,0 +1,41 @@
+"""Options of one evaluation, kept apart from the model and the data.
+
+Everything here changes what is computed, so it is part of the result-cache key; options that
+only change speed (batch size, threads, progress bars) live elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+SUITES = ("forget", "neighbor", "mia", "utility")
+UTILITY_PARTS = ("mmlu", "bbh", "truthfulqa", "triviaqa", "fluency")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What an evaluation computes.
+
+    Attributes:
+        limit: keep the first N items of every item list (each probe level, each utility set,
+            each MIA set), in data order. None keeps everything.
+        prompt_prefix: an instruction prepended to every user message and MIA text
+            (in-context unlearning sets it; ``{subject}`` is filled with the target).
+        stop_at_newline: cut forget/neighbor/TriviaQA outputs at their first line break. Off by
+            default because the reference's newline stop ids never fire (see PROTOCOL.md).
+        bbh_compat: report BBH with the reference's per-character comparison bug instead of
+            the correct exact match (both are always stored per item).
+        bbh_full_output: decode BBH to 256 tokens even after the answer is final; only the
+            stored raw outputs change, never the score.
+    """
+
+    limit: int | None = None
+    prompt_prefix: str | None = None
+    stop_at_newline: bool = False
+    bbh_compat: bool = False
+    bbh_full_output: bool = False
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]

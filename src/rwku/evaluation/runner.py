@@ -1,0 +1,133 @@
+"""Evaluate one model on one target: run the chosen suites and assemble the public JSON.
+
+Reads top to bottom: expand the suite names, run (or fetch from the cache) each suite in a
+fixed order, then map the raw suite scores onto the paper's Table 1 columns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from rwku import PROTOCOL
+from rwku.errors import ConfigError
+from rwku.evaluation.cache import ResultCache
+from rwku.evaluation.config import SUITES, UTILITY_PARTS, EvalConfig
+from rwku.evaluation.suites import bbh, fluency, forget, mia, mmlu, neighbor, triviaqa, truthfulqa
+from rwku.evaluation.suites.base import SuiteResult
+from rwku.models.backend import LanguageModel
+
+#: Every runnable part, in the order the reference's workflow evaluates them.
+PARTS: dict[str, Callable[..., SuiteResult]] = {
+    "forget": forget.run,
+    "neighbor": neighbor.run,
+    "mmlu": mmlu.run,
+    "bbh": bbh.run,
+    "truthfulqa": truthfulqa.run,
+    "triviaqa": triviaqa.run,
+    "mia": mia.run,
+    "fluency": fluency.run,
+}
+
+
+def expand_suites(suites: Sequence[str] | str | None) -> list[str]:
+    """'forget,utility' → the runnable parts; unknown names are a ConfigError listing the valid ones."""
+    if suites is None:
+        suites = list(SUITES)
+    if isinstance(suites, str):
+        suites = [s.strip() for s in suites.split(",") if s.strip()]
+    wanted: set[str] = set()
+    for name in suites:
+        if name == "utility":
+            wanted.update(UTILITY_PARTS)
+        elif name in PARTS:
+            wanted.add(name)
+        else:
+            valid = ", ".join(list(SUITES) + list(UTILITY_PARTS))
+            raise ConfigError(f"unknown suite {name!r}; choose from: {valid}")
+    if not wanted:
+        raise ConfigError("no suite selected")
+    return [p for p in PARTS if p in wanted]
+
+
+def evaluate(
+    lm: LanguageModel,
+    data,
+    *,
+    suites: Sequence[str] | str | None = None,
+    cfg: EvalConfig | None = None,
+    cache: ResultCache | None = None,
+    model_fingerprint: str | None = None,
+    on_part: Callable[[str, float, bool], None] | None = None,
+) -> dict:
+    """Run the suites on ``data`` (a TargetData) and return the public result dictionary."""
+    cfg = cfg or EvalConfig()
+    parts = expand_suites(suites)
+    data = data.limited(cfg.limit) if cfg.limit is not None else data
+    data_fp = data.fingerprint()
+    results: dict[str, SuiteResult] = {}
+    timings: dict[str, float] = {}
+    cached: list[str] = []
+    for part in parts:
+        key = None
+        if cache is not None and model_fingerprint:
+            key = cache.key(
+                model=model_fingerprint,
+                target=data.target.name,
+                suite=part,
+                protocol=PROTOCOL,
+                config=cfg.key(),
+                data=data_fp,
+            )
+            hit = cache.get(key)
+            if hit is not None:
+                results[part] = SuiteResult(scores=hit["scores"], items=hit["items"])
+                timings[part] = hit["seconds"]
+                cached.append(part)
+                if on_part:
+                    on_part(part, hit["seconds"], True)
+                continue
+        start = time.perf_counter()
+        results[part] = PARTS[part](lm, data, cfg)
+        timings[part] = round(time.perf_counter() - start, 3)
+        if key is not None:
+            cache.put(
+                key, {"scores": results[part].scores, "items": results[part].items, "seconds": timings[part]}
+            )
+        if on_part:
+            on_part(part, timings[part], False)
+    return assemble(lm, data, results, timings, cached, cfg)
+
+
+def assemble(lm, data, results: dict[str, SuiteResult], timings, cached, cfg: EvalConfig) -> dict:
+    scores: dict = {}
+    for name in ("forget", "neighbor", "mia"):
+        if name in results:
+            scores[name] = results[name].scores
+    utility_parts = {p: results[p].scores for p in UTILITY_PARTS if p in results}
+    if utility_parts:
+        columns = {
+            "gen": ("mmlu", "acc"),
+            "rea": ("bbh", "em"),
+            "tru": ("truthfulqa", "mc1"),
+            "fac": ("triviaqa", "f1"),
+            "flu": ("fluency", "entropy"),
+        }
+        scores["utility"] = {
+            col: utility_parts[p][k] for col, (p, k) in columns.items() if p in utility_parts
+        } | {"details": utility_parts}
+    items: dict = {}
+    for result in results.values():
+        items.update(result.items)
+    return {
+        "model": dict(lm.info),
+        "target": data.target.name,
+        "target_id": data.target.id,
+        "protocol": PROTOCOL,
+        "config": {k: v for k, v in cfg.__dict__.items()},
+        "data_fingerprint": data.fingerprint(),
+        "scores": scores,
+        "items": items,
+        "timings": timings,
+        "cached_suites": cached,
+    }

@@ -1,0 +1,108 @@
+"""End to end on a tiny random model: every suite runs, the JSON has the public shape, the
+cache returns the same numbers, and the batched engine agrees with plain unbatched runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rwku.cli import run_evaluation
+from rwku.evaluation.config import EvalConfig
+from rwku.evaluation.runner import expand_suites
+from rwku.models.backend import GenerationRequest, ScoreRequest
+from rwku.models.hf import HFLanguageModel
+from rwku.models.resolve import load_model, resolve_model
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_model_dir):
+    loaded = load_model(resolve_model(str(tiny_model_dir)))
+    return HFLanguageModel(loaded.model, loaded.tokenizer, loaded.info, batch_size=4, progress=False)
+
+
+def test_full_shape_on_tiny_model(tiny_model_dir, data_dir, isolated_cache):
+    result = run_evaluation(
+        model=str(tiny_model_dir), target="Stephen King", parts=expand_suites(None), cfg=EvalConfig(limit=2),
+        data=str(data_dir), progress=False,
+    )
+    s = result["scores"]
+    assert result["protocol"] == "rwku-2024" and result["target"] == "Stephen King"
+    assert set(s) == {"forget", "neighbor", "mia", "utility"}
+    assert {"fb", "qa", "aa", "all", "aa_by_type", "likelihood"} <= set(s["forget"])
+    assert {"fb", "qa", "all", "likelihood"} <= set(s["neighbor"])
+    assert {"loss", "zlib", "mink_20", "minkpp_20", "mink_100", "minkpp_10"} <= set(s["mia"]["fm"])
+    assert set(s["mia"]["auc"]) == set(s["mia"]["fm"])
+    assert set(s["utility"]) >= {"gen", "rea", "tru", "fac", "flu"}
+    # --limit 2 keeps the first two items of every list, in data order (forget: FB, QA, AA)
+    forget = result["items"]["forget"]
+    assert [i["level"] for i in forget] == ["fb", "fb", "qa", "qa", "aa", "aa"]
+    assert len(result["items"]["mmlu"]) == 2 and len(result["items"]["forget_mia"]) == 2
+    # a random model assigns gold answers a small but real probability
+    assert all(-30 < i["likelihood"] < 0 for i in forget)
+    assert 0 < s["forget"]["likelihood"]["all"] < 100
+    # MIA LOSS on the paper's scale: mean NLL × 100 of a random model over a ~500-token vocabulary
+    assert 100 * math.log(50) < s["mia"]["fm"]["loss"] < 100 * math.log(5000)
+    assert set(result["timings"]) >= {"forget", "neighbor", "mia", "mmlu", "bbh", "total"}
+    json.dumps(result)  # serialisable as is
+
+
+def test_cache_returns_identical_scores(tiny_model_dir, data_dir, isolated_cache):
+    kwargs = dict(model=str(tiny_model_dir), target="1", parts=["forget", "mia"], cfg=EvalConfig(limit=1),
+                  data=str(data_dir), progress=False)
+    first = run_evaluation(**kwargs)
+    second = run_evaluation(**kwargs)
+    assert first["cached_suites"] == [] and sorted(second["cached_suites"]) == ["forget", "mia"]
+    assert second["scores"] == json.loads(json.dumps(first["scores"]))
+    fresh = run_evaluation(**kwargs, use_cache=False)
+    assert fresh["cached_suites"] == []
+
+
+def _plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
+                            eos_token_id=lm.tokenizer.eos_token_id, pad_token_id=lm.pad_id)
+    full = lm.tokenizer.decode(out[0], skip_special_tokens=True)
+    return full[len(lm.tokenizer.decode(ids[0], skip_special_tokens=True)):]
+
+
+def test_batched_shared_prefix_generation_matches_plain_generate(tiny_lm):
+    head = tiny_lm.chat_prompt("The same long shared instruction for every question. " * 4)
+    prompts = [head + tail for tail in ["Q: one", "Q: a longer second question here", "Q: 3", "x"]]
+    reqs = [GenerationRequest(p, 12, group="g") for p in prompts] + [GenerationRequest("solo prompt", 7)]
+    got = tiny_lm.generate(reqs, stop_token_ids=[])
+    want = [_plain_greedy(tiny_lm, r.prompt, r.max_new_tokens) for r in reqs]
+    assert got == want
+
+
+def test_stop_when_ends_a_sequence_early(tiny_lm):
+    prompt = tiny_lm.chat_prompt("hello")
+    full = tiny_lm.generate([GenerationRequest(prompt, 20)], stop_token_ids=[])[0]
+    short = tiny_lm.generate([GenerationRequest(prompt, 20, stop_when=lambda s: len(s) >= 3)], stop_token_ids=[])[0]
+    assert full.startswith(short) and len(short) >= 3 and len(short) < len(full)
+
+
+def test_scores_match_a_plain_forward_pass(tiny_lm):
+    head = tiny_lm.chat_prompt("Shared primer text that is long enough to be cached as a prefix.")
+    reqs = [ScoreRequest(head + "A:", c, group=0) for c in [" yes", " no way", " perhaps not at all"]]
+    got = tiny_lm.score(reqs)
+    for req, res in zip(reqs, got):
+        ids = tiny_lm.tokenizer(req.context + req.continuation, return_tensors="pt").input_ids
+        n_ctx = len(tiny_lm.tokenizer(req.context).input_ids)
+        logp = torch.log_softmax(tiny_lm.model(ids).logits[0].float(), -1)
+        want = [logp[i - 1, ids[0, i]].item() for i in range(n_ctx, ids.shape[1])]
+        assert res.token_logprobs == pytest.approx(want, abs=1e-4)
+
+
+def test_token_stats_match_a_plain_forward_pass(tiny_lm):
+    texts = ["a short text", "a somewhat longer text with more words in it to score"]
+    stats = tiny_lm.token_stats(texts)
+    for text, st in zip(texts, stats):
+        ids = tiny_lm.tokenizer(text, return_tensors="pt").input_ids
+        logp = torch.log_softmax(tiny_lm.model(ids).logits[0, :-1].float(), -1)
+        want = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)
+        assert st.token_logprobs.tolist() == pytest.approx(want.tolist(), abs=1e-4)
+        mu = (logp.exp() * logp).sum(-1)
+        assert st.mu.tolist() == pytest.approx(mu.tolist(), abs=1e-4)
