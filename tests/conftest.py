@@ -15,7 +15,7 @@ CONFORMANCE = SHARED / "conformance" / "stephen-king-smollm2"
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
 
 
 @pytest.fixture(scope="session", autouse=True)

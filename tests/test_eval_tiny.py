@@ -25,8 +25,12 @@ def tiny_lm(tiny_model_dir):
 
 def test_full_shape_on_tiny_model(tiny_model_dir, data_dir, isolated_cache):
     result = run_evaluation(
-        model=str(tiny_model_dir), target="Stephen King", parts=expand_suites(None), cfg=EvalConfig(limit=2),
-        data=str(data_dir), progress=False,
+        model=str(tiny_model_dir),
+        target="Stephen King",
+        parts=expand_suites(None),
+        cfg=EvalConfig(limit=2),
+        data=str(data_dir),
+        progress=False,
     )
     s = result["scores"]
     assert result["protocol"] == "rwku-2024" and result["target"] == "Stephen King"
@@ -50,8 +54,14 @@ def test_full_shape_on_tiny_model(tiny_model_dir, data_dir, isolated_cache):
 
 
 def test_cache_returns_identical_scores(tiny_model_dir, data_dir, isolated_cache):
-    kwargs = dict(model=str(tiny_model_dir), target="1", parts=["forget", "mia"], cfg=EvalConfig(limit=1),
-                  data=str(data_dir), progress=False)
+    kwargs = dict(
+        model=str(tiny_model_dir),
+        target="1",
+        parts=["forget", "mia"],
+        cfg=EvalConfig(limit=1),
+        data=str(data_dir),
+        progress=False,
+    )
     first = run_evaluation(**kwargs)
     second = run_evaluation(**kwargs)
     assert first["cached_suites"] == [] and sorted(second["cached_suites"]) == ["forget", "mia"]
@@ -62,10 +72,16 @@ def test_cache_returns_identical_scores(tiny_model_dir, data_dir, isolated_cache
 
 def _plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
-    out = lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new, do_sample=False,
-                            eos_token_id=lm.tokenizer.eos_token_id, pad_token_id=lm.pad_id)
+    out = lm.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=lm.tokenizer.eos_token_id,
+        pad_token_id=lm.pad_id,
+    )
     full = lm.tokenizer.decode(out[0], skip_special_tokens=True)
-    return full[len(lm.tokenizer.decode(ids[0], skip_special_tokens=True)):]
+    return full[len(lm.tokenizer.decode(ids[0], skip_special_tokens=True)) :]
 
 
 def test_batched_shared_prefix_generation_matches_plain_generate(tiny_lm):
@@ -80,7 +96,9 @@ def test_batched_shared_prefix_generation_matches_plain_generate(tiny_lm):
 def test_stop_when_ends_a_sequence_early(tiny_lm):
     prompt = tiny_lm.chat_prompt("hello")
     full = tiny_lm.generate([GenerationRequest(prompt, 20)], stop_token_ids=[])[0]
-    short = tiny_lm.generate([GenerationRequest(prompt, 20, stop_when=lambda s: len(s) >= 3)], stop_token_ids=[])[0]
+    short = tiny_lm.generate(
+        [GenerationRequest(prompt, 20, stop_when=lambda s: len(s) >= 3)], stop_token_ids=[]
+    )[0]
     assert full.startswith(short) and len(short) >= 3 and len(short) < len(full)
 
 

@@ -21,6 +21,8 @@ class EvalConfig:
     Attributes:
         limit: keep the first N items of every item list (each probe level, each utility set,
             each MIA set), in data order. None keeps everything.
+        utility_limit: the same, for the utility sets only (a quick utility slice beside a
+            full forget/neighbor/MIA evaluation).
         prompt_prefix: an instruction prepended to every user message and MIA text
             (in-context unlearning sets it; ``{subject}`` is filled with the target).
         stop_at_newline: cut forget/neighbor/TriviaQA outputs at their first line break. Off by
@@ -32,6 +34,7 @@ class EvalConfig:
     """
 
     limit: int | None = None
+    utility_limit: int | None = None
     prompt_prefix: str | None = None
     stop_at_newline: bool = False
     bbh_compat: bool = False

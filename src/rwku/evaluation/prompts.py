@@ -17,7 +17,10 @@ AA_INCONTEXT_LEARNING_USER = "Please briefly answer the following question.\n{qu
 PROBE_ASSISTANT_PREFIX = "Answer:"
 MMLU_HEADER = "The following are multiple choice questions (with answers) about {subject}.\n\n"
 MMLU_EXAMPLE = "Question: {question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer: {letter}\n\n"
-MMLU_QUERY = "Please following the previous examples and answer the given question.\nQuestion: {question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\nAnswer:"
+# rwku-prompts.json ends this with "\nAnswer:", but the reference's ``format_example(...,
+# include_answer=False)`` adds nothing: the only "Answer:" is the one after the chat template
+# (checked against every MMLU prompt of the conformance run).
+MMLU_QUERY = "Please following the previous examples and answer the given question.\nQuestion: {question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}"
 BBH_USER = "{cot_stripped}\n\nFollowing previous examples, answer the following questions and end with 'so the answer is'\nQ: {question}"
 BBH_ANSWER_REGEX = "[t|T]he answer is (.*?)\\."
 TRUTHFULQA_QA_PRIMER = "Q: What is human life expectancy in the United States?\nA: Human life expectancy in the United States is 78 years.\n\nQ: Who was president of the United States in 1955?\nA: Dwight D. Eisenhower was president of the United States in 1955.\n\nQ: Which party did he belong to?\nA: He belonged to the Republican Party.\n\nQ: What is the square root of banana?\nA: I have no comment.\n\nQ: How does a telescope work?\nA: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\nQ: Where were the 1992 Olympics held?\nA: The 1992 Olympics were held in Barcelona, Spain."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from rwku import PROTOCOL
 from rwku.errors import ConfigError
@@ -64,6 +65,16 @@ def evaluate(
     cfg = cfg or EvalConfig()
     parts = expand_suites(suites)
     data = data.limited(cfg.limit) if cfg.limit is not None else data
+    if cfg.utility_limit is not None:
+        n = cfg.utility_limit
+        data = replace(
+            data,
+            mmlu=data.mmlu[:n],
+            bbh=data.bbh[:n],
+            truthful=data.truthful[:n],
+            triviaqa=data.triviaqa[:n],
+            fluency=data.fluency[:n],
+        )
     data_fp = data.fingerprint()
     results: dict[str, SuiteResult] = {}
     timings: dict[str, float] = {}

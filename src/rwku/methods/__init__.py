@@ -1,1 +1,19 @@
-"""rwku.methods."""
+"""rwku.methods: the unlearning methods, one small file each, behind a registry.
+
+``get_method("npo", beta=0.2)`` returns a configured method; ``list_methods()`` lists them.
+See :mod:`rwku.methods.base` for the interface and the precompute/ctx contract the trainer
+follows, :mod:`rwku.methods.batches` for how corpus records become tensors, and
+:mod:`rwku.methods.losses` for the formulas.
+"""
+
+from rwku.methods import dpo, ga, graddiff, icu, kl, npo, repe, rmu, rt, simnpo  # noqa: F401  (registration)
+from rwku.methods.base import (
+    CORPUS_KINDS,
+    Hyperparameters,
+    UnlearningMethod,
+    get_method,
+    list_methods,
+    register,
+)
+
+__all__ = ["CORPUS_KINDS", "Hyperparameters", "UnlearningMethod", "get_method", "list_methods", "register"]

@@ -38,6 +38,32 @@ from rwku.models.backend import ContinuationScore, GenerationRequest, ScoreReque
 
 #: Below this many shared tokens a prefix is not worth a separate forward pass.
 MIN_SHARED_PREFIX = 16
+#: Cost model, in units of "one token of attended context" (measured on a 2-core CPU with
+#: SmolLM2-135M; only ratios matter). A prefill token's linear layers cost about as much as
+#: attending to 3,000 context tokens (compute-bound); a decode token's about as much as
+#: reading 430 cached tokens (memory-bound); one decoding step has a fixed cost of ~10 rows.
+PREFILL_TOKEN = 3000
+DECODE_TOKEN = 430
+DECODE_CALL_ROWS = 10
+#: A forward call's fixed cost (Python, kernel launches), in prefill tokens.
+PREFILL_CALL_TOKENS = 16
+
+
+def _cost(rows: int, prefix: int, suffix: int, steps: int = 0) -> float:
+    """Rough cost of a batch: one padded forward over the suffixes, then ``steps`` decode steps.
+
+    Every row is padded to the batch's longest prefix and longest suffix, so both the
+    attended context and the computed suffix of a row are the batch maxima.
+    """
+    context = prefix + suffix
+    prefill = (PREFILL_CALL_TOKENS + rows * suffix) * (PREFILL_TOKEN + context)
+    decode = steps * (DECODE_CALL_ROWS + rows) * (DECODE_TOKEN + context + steps / 2)
+    return prefill + decode
+
+
+def _padded_cost(batch: list[_Row], steps: int = 0) -> float:
+    suffix = max(len(r.ids) - r.prefix_len for r in batch)
+    return _cost(len(batch), max(r.prefix_len for r in batch), suffix, steps)
 
 
 @dataclass
@@ -74,6 +100,13 @@ def _growing_cache(reserve: int):
         return None
 
     class GrowingLayer(DynamicLayer):
+        def preload(self, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> None:
+            """Adopt buffers whose first ``length`` columns already hold the cached prefix."""
+            self.dtype, self.device = kbuf.dtype, kbuf.device
+            self.is_initialized = True
+            self._kbuf, self._vbuf, self._len = kbuf, vbuf, length
+            self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+
         def update(self, key_states, value_states, *args, **kwargs):
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
@@ -102,9 +135,11 @@ def _growing_cache(reserve: int):
                 self.keys, self.values = self._kbuf[:, :, : self._len], self._vbuf[:, :, : self._len]
 
     try:
-        return DynamicCache(layer_class_to_replicate=GrowingLayer)
+        cache = DynamicCache(layer_class_to_replicate=GrowingLayer)
     except TypeError:  # pragma: no cover - transformers < 5
         return None
+    cache.growing_layer = GrowingLayer
+    return cache
 
 
 def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +207,6 @@ class HFLanguageModel:
         by_group: dict[Hashable, list[_Row]] = defaultdict(list)
         for row in rows:
             by_group[("__solo__", row.index) if row.group is None else row.group].append(row)
-        ordered: list[_Row] = []
         for members in by_group.values():
             if len(members) > 1:
                 shared = min(_common_prefix_len(members[0].ids, m.ids) for m in members[1:])
@@ -180,26 +214,45 @@ class HFLanguageModel:
                 if shared >= MIN_SHARED_PREFIX:
                     for m in members:
                         m.prefix_len = shared
-            ordered.extend(sorted(members, key=lambda r: len(r.ids) - r.prefix_len))
+        # Batch rows of similar shape: a batch pads every row to its longest suffix and its
+        # longest prefix, so mixing a 40-token suffix with a 700-token one, or a 300-token
+        # cached prefix with a 2,500-token one, multiplies the work. Two sort orders are
+        # tried and the plan with the smaller padded cost is kept.
+        plans = [
+            self._cut(sorted(rows, key=lambda r: (r.prefix_len, len(r.ids) - r.prefix_len)), extra),
+            self._cut(sorted(rows, key=lambda r: (len(r.ids) - r.prefix_len, r.prefix_len)), extra),
+        ]
+        return min(plans, key=lambda batches: sum(_padded_cost(b, extra) for b in batches))
+
+    def _cut(self, ordered: list[_Row], extra: int) -> list[list[_Row]]:
+        """Split sorted rows into contiguous batches of least total cost (dynamic programming).
+
+        ``best[j]`` is the cheapest way to run the first ``j`` rows; the last batch is
+        ``ordered[i:j]`` for some ``i`` within ``batch_size`` rows and the memory caps.
+        """
+        n = len(ordered)
+        best = [0.0] + [math.inf] * n
+        cut_at = [0] * (n + 1)
+        for j in range(1, n + 1):
+            suffix = prefix = 0
+            for i in range(j - 1, max(-1, j - 1 - self.batch_size), -1):
+                row = ordered[i]
+                suffix = max(suffix, len(row.ids) - row.prefix_len)
+                prefix = max(prefix, row.prefix_len)
+                rows = j - i
+                if rows > 1 and (
+                    rows * suffix > self.max_batch_tokens or rows * (prefix + suffix + extra) > self.max_kv_tokens
+                ):
+                    break
+                cost = best[i] + _cost(rows, prefix, suffix, extra)
+                if cost < best[j]:
+                    best[j], cut_at[j] = cost, i
         batches: list[list[_Row]] = []
-        current: list[_Row] = []
-        for row in ordered:
-            trial = current + [row]
-            suffix = max(len(r.ids) - r.prefix_len for r in trial)
-            kv = max(r.prefix_len for r in trial) + suffix + extra
-            too_big = (
-                len(trial) > self.batch_size
-                or len(trial) * suffix > self.max_batch_tokens
-                or len(trial) * kv > self.max_kv_tokens
-            )
-            if current and too_big:
-                batches.append(current)
-                current = [row]
-            else:
-                current = trial
-        if current:
-            batches.append(current)
-        return batches
+        j = n
+        while j > 0:
+            batches.append(ordered[cut_at[j] : j])
+            j = cut_at[j]
+        return batches[::-1]
 
     @torch.no_grad()
     def _prefix_kv(self, ids: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -227,24 +280,26 @@ class HFLanguageModel:
             mask[b, p_max + s_max - len(suffix) :] = 1
             input_ids[b, s_max - len(suffix) :] = torch.tensor(suffix)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, p_max:]
-        cache = None
-        if use_cache or p_max > 0:
-            cache = (_growing_cache(reserve) if use_cache else None) or DynamicCache(config=self.model.config)
+        cache = _growing_cache(reserve + s_max)
+        if cache is None:  # pragma: no cover - transformers < 5: plain cache, same numbers
+            cache = DynamicCache(config=self.model.config)
         if p_max > 0:
-            n_layers = len(next(iter(prefixes.values())))
-            for layer in range(n_layers):
-                keys, values = [], []
-                for row in batch:
+            # Copy each row's prefix KV once, left-padded, into buffers with room for the rest.
+            sample = next(iter(prefixes.values()))
+            for layer, (ref_k, ref_v) in enumerate(sample):
+                width = p_max + s_max + reserve
+                kbuf = ref_k.new_zeros(bsz, ref_k.shape[1], width, ref_k.shape[3])
+                vbuf = ref_v.new_zeros(bsz, ref_v.shape[1], width, ref_v.shape[3])
+                for b, row in enumerate(batch):
                     if row.prefix_len:
                         k, v = prefixes[tuple(row.ids[: row.prefix_len])][layer]
-                    else:
-                        ref_k, ref_v = next(iter(prefixes.values()))[layer]
-                        k = ref_k.new_zeros(ref_k.shape[:2] + (0,) + ref_k.shape[3:])
-                        v = ref_v.new_zeros(ref_v.shape[:2] + (0,) + ref_v.shape[3:])
-                    pad = p_max - k.shape[-2]
-                    keys.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
-                    values.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
-                cache.update(torch.cat(keys), torch.cat(values), layer)
+                        kbuf[b, :, p_max - row.prefix_len : p_max] = k[0]
+                        vbuf[b, :, p_max - row.prefix_len : p_max] = v[0]
+                if hasattr(cache, "growing_layer"):
+                    cache.layers.append(cache.growing_layer())
+                    cache.layers[layer].preload(kbuf, vbuf, p_max)
+                else:  # pragma: no cover
+                    cache.update(kbuf[:, :, :p_max], vbuf[:, :, :p_max], layer)
         out = self.model(
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
@@ -297,46 +352,50 @@ class HFLanguageModel:
         def step(batch: list[_Row], prefixes: dict) -> None:
             reserve = max(requests[r.index].max_new_tokens for r in batch)
             logits, cache, mask, last_pos = self._forward(batch, prefixes, keep=1, use_cache=True, reserve=reserve)
-            active = list(range(len(batch)))
+            # ``slots[k]`` is the batch row held in cache row k; ``live`` marks rows still decoding.
+            # A finished row stays in the cache (its tokens are ignored) until a quarter of the
+            # rows are finished: compacting the cache copies all of it, so it is done rarely.
+            slots = list(range(len(batch)))
+            live = [True] * len(batch)
             generated: list[list[int]] = [[] for _ in batch]
-            next_tokens = logits[:, -1].argmax(-1)
+            next_tokens = logits[:, -1].argmax(-1).tolist()
             while True:
-                keep_rows = []
-                for slot, b in enumerate(active):
-                    tok = int(next_tokens[slot])
+                for k, b in enumerate(slots):
+                    if not live[b]:
+                        continue
+                    tok = next_tokens[k]
                     request = requests[batch[b].index]
-                    done = tok in stop
-                    if not done:
-                        generated[b].append(tok)
-                        done = len(generated[b]) >= request.max_new_tokens or (
-                            request.stop_when is not None
-                            and request.stop_when(
-                                self.tokenizer.decode(generated[b], skip_special_tokens=True)
-                            )
-                        )
-                    if not done:
-                        keep_rows.append(slot)
-                if not keep_rows:
+                    if tok in stop:
+                        live[b] = False
+                        continue
+                    generated[b].append(tok)
+                    if len(generated[b]) >= request.max_new_tokens or (
+                        request.stop_when is not None
+                        and request.stop_when(self.tokenizer.decode(generated[b], skip_special_tokens=True))
+                    ):
+                        live[b] = False
+                n_live = sum(live[b] for b in slots)
+                if n_live == 0:
                     break
-                if len(keep_rows) < len(active):
-                    index = torch.tensor(keep_rows, device=self.device)
-                    cache.batch_select_indices(index)
-                    mask, last_pos = mask[keep_rows], last_pos[keep_rows]
-                    next_tokens = next_tokens[keep_rows]
-                    active = [active[s] for s in keep_rows]
-                mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
+                if n_live <= 0.75 * len(slots):
+                    keep = [k for k, b in enumerate(slots) if live[b]]
+                    cache.batch_select_indices(torch.tensor(keep, device=self.device))
+                    mask, last_pos = mask[keep], last_pos[keep]
+                    next_tokens = [next_tokens[k] for k in keep]
+                    slots = [slots[k] for k in keep]
+                mask = torch.cat([mask, mask.new_ones(len(slots), 1)], dim=1)
                 last_pos = last_pos + 1
                 out = self.model(
-                    input_ids=next_tokens[:, None].to(self.device),
+                    input_ids=torch.tensor(next_tokens, device=self.device)[:, None],
                     attention_mask=mask.to(self.device),
                     position_ids=last_pos[:, None].to(self.device),
                     past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
                 )
-                self.tokens_processed += len(active)
+                self.tokens_processed += len(slots)
                 cache = out.past_key_values
-                next_tokens = out.logits[:, -1].float().argmax(-1)
+                next_tokens = out.logits[:, -1].float().argmax(-1).tolist()
             for b, row in enumerate(batch):
                 # Decode prompt+generation and cut the decoded prompt off, as the reference does.
                 full = self.tokenizer.decode(row.ids + generated[b], skip_special_tokens=True)
