@@ -123,6 +123,153 @@ def eval_cmd(
         typer.echo(f"results written to {out}", err=True)
 
 
+@app.command()
+def methods() -> None:
+    """List the unlearning methods with one-line descriptions."""
+    from rwku.methods import list_methods
+
+    for name, cls in list_methods().items():
+        corpus = f"[{cls.corpus}]" if cls.corpus else "[inference]"
+        typer.echo(f"{name:<10} {corpus:<16} {cls.description}")
+
+
+def _unlearn_config(config: Path | None, **options):
+    from rwku.experiments.unlearn import UnlearnConfig
+
+    options = {k: v for k, v in options.items() if v is not None}
+    if "targets" in options and isinstance(options["targets"], str):
+        options["targets"] = [t.strip() for t in options["targets"].split(",") if t.strip()]
+    if config is not None:
+        return UnlearnConfig.from_yaml(config, **options)
+    return UnlearnConfig.from_dict(options, source="options")
+
+
+TargetsOpt = Annotated[
+    str | None,
+    typer.Option("--target", "-t", help="Target(s): a name, id, or a comma list for the batch setting."),
+]
+MethodOpt = Annotated[str | None, typer.Option(help="Method (see `rwku methods`).")]
+ModeOpt = Annotated[str | None, typer.Option(help="full, lora or partial.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with any of these options.")]
+
+
+@app.command()
+def unlearn(
+    target: TargetsOpt = None,
+    method: MethodOpt = None,
+    mode: ModeOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m")] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    corpus: Annotated[str | None, typer.Option(help="synthetic (made by the model) or authors.")] = None,
+    corpus_size: Annotated[int | None, typer.Option(min=1)] = None,
+    layers: Annotated[str | None, typer.Option(help="Partial mode: half-open layer range, e.g. 0-4.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0)] = None,
+    epochs: Annotated[float | None, typer.Option(min=0)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    run_dir: Annotated[
+        str | None, typer.Option(help="Where to save weights/adapter, corpus and config.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Unlearn a target and save the result to a run directory (no evaluation)."""
+    from rwku.experiments.unlearn import run_unlearning
+
+    try:
+        cfg = _unlearn_config(
+            config,
+            targets=target,
+            method=method,
+            mode=mode,
+            model=model,
+            data=data,
+            corpus=corpus,
+            corpus_size=corpus_size,
+            layers=layers,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            run_dir=run_dir,
+            progress=False if quiet else None,
+        )
+        record = run_unlearning(cfg, evaluate_model=False, log=lambda m: typer.echo(m, err=True))
+    except RwkuError as err:
+        _fail(err)
+    typer.echo(f"run saved to {record['run']['run_dir']} (status: {record['run']['status']})")
+
+
+@app.command("run")
+def run_cmd(
+    target: TargetsOpt = None,
+    method: MethodOpt = None,
+    mode: ModeOpt = None,
+    model: Annotated[str | None, typer.Option("--model", "-m")] = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    corpus: Annotated[str | None, typer.Option(help="synthetic (made by the model) or authors.")] = None,
+    corpus_size: Annotated[int | None, typer.Option(min=1)] = None,
+    layers: Annotated[str | None, typer.Option(help="Partial mode: half-open layer range, e.g. 0-4.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0)] = None,
+    epochs: Annotated[float | None, typer.Option(min=0)] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    suites: Annotated[str | None, typer.Option(help="Suites to evaluate before and after.")] = None,
+    limit: Annotated[int | None, typer.Option(min=0)] = None,
+    utility_limit: Annotated[int | None, typer.Option(min=0)] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
+    run_dir: Annotated[str | None, typer.Option()] = None,
+    out: Annotated[Path | None, typer.Option(help="Write {before, after, run} JSON here.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Unlearn, evaluate before and after, and print both rows with the deltas."""
+    from rwku.experiments.unlearn import run_unlearning
+    from rwku.io import atomic_write_json
+    from rwku.reporting.table import format_table
+
+    try:
+        if suites is not None:
+            from rwku.evaluation.runner import expand_suites
+
+            expand_suites(suites)
+        cfg = _unlearn_config(
+            config,
+            targets=target,
+            method=method,
+            mode=mode,
+            model=model,
+            data=data,
+            corpus=corpus,
+            corpus_size=corpus_size,
+            layers=layers,
+            lr=lr,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            suites=suites,
+            limit=limit,
+            utility_limit=utility_limit,
+            run_dir=run_dir,
+            progress=False if quiet else None,
+            use_cache=False if no_cache else None,
+        )
+        record = run_unlearning(cfg, log=lambda m: typer.echo(m, err=True))
+    except RwkuError as err:
+        _fail(err)
+    before, after = record["before"], record["after"]
+    if "scores" in before:
+        typer.echo(format_table([("before", before), (f"{cfg.method} ({cfg.mode})", after)], with_delta=True))
+    else:
+        for name in before:
+            typer.echo(f"## {name}")
+            typer.echo(format_table([("before", before[name]), (cfg.method, after[name])], with_delta=True))
+    typer.echo(f"run saved to {record['run']['run_dir']}", err=True)
+    if out is not None:
+        atomic_write_json(out, record)
+        typer.echo(f"results written to {out}", err=True)
+
+
 def run_evaluation(
     *,
     model,

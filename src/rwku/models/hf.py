@@ -38,26 +38,24 @@ from rwku.models.backend import ContinuationScore, GenerationRequest, ScoreReque
 
 #: Below this many shared tokens a prefix is not worth a separate forward pass.
 MIN_SHARED_PREFIX = 16
-#: Cost model, in units of "one token of attended context" (measured on a 2-core CPU with
-#: SmolLM2-135M; only ratios matter). A prefill token's linear layers cost about as much as
-#: attending to 3,000 context tokens (compute-bound); a decode token's about as much as
-#: reading 430 cached tokens (memory-bound); one decoding step has a fixed cost of ~10 rows.
-PREFILL_TOKEN = 3000
-DECODE_TOKEN = 430
-DECODE_CALL_ROWS = 10
-#: A forward call's fixed cost (Python, kernel launches), in prefill tokens.
-PREFILL_CALL_TOKENS = 16
+#: Cost model in milliseconds, measured on a 2-core CPU with SmolLM2-135M (only ratios
+#: matter, for choosing batches). Prefill is compute-bound: ~1.5 ms per token, growing with
+#: the attended context. A decoding step is bound by reading the weights (~65 ms whatever the
+#: batch) plus ~3.1 ms per row and ~2.2 µs per row per cached token.
+PREFILL_MS_PER_TOKEN = 1.5
+PREFILL_CONTEXT_SCALE = 3000
+CALL_MS = 30.0
+DECODE_STEP_MS = 65.0
+DECODE_ROW_MS = 3.1
+DECODE_CONTEXT_MS = 0.0022
 
 
 def _cost(rows: int, prefix: int, suffix: int, steps: int = 0) -> float:
-    """Rough cost of a batch: one padded forward over the suffixes, then ``steps`` decode steps.
-
-    Every row is padded to the batch's longest prefix and longest suffix, so both the
-    attended context and the computed suffix of a row are the batch maxima.
-    """
+    """Estimated milliseconds of a batch: one padded forward over the suffixes, then ``steps``
+    decode steps. Every row is padded to the batch's longest prefix and longest suffix."""
     context = prefix + suffix
-    prefill = (PREFILL_CALL_TOKENS + rows * suffix) * (PREFILL_TOKEN + context)
-    decode = steps * (DECODE_CALL_ROWS + rows) * (DECODE_TOKEN + context + steps / 2)
+    prefill = CALL_MS + rows * suffix * PREFILL_MS_PER_TOKEN * (1 + context / PREFILL_CONTEXT_SCALE)
+    decode = steps * (DECODE_STEP_MS + rows * (DECODE_ROW_MS + DECODE_CONTEXT_MS * (context + steps / 2)))
     return prefill + decode
 
 
@@ -241,7 +239,8 @@ class HFLanguageModel:
                 prefix = max(prefix, row.prefix_len)
                 rows = j - i
                 if rows > 1 and (
-                    rows * suffix > self.max_batch_tokens or rows * (prefix + suffix + extra) > self.max_kv_tokens
+                    rows * suffix > self.max_batch_tokens
+                    or rows * (prefix + suffix + extra) > self.max_kv_tokens
                 ):
                     break
                 cost = best[i] + _cost(rows, prefix, suffix, extra)
@@ -351,7 +350,9 @@ class HFLanguageModel:
 
         def step(batch: list[_Row], prefixes: dict) -> None:
             reserve = max(requests[r.index].max_new_tokens for r in batch)
-            logits, cache, mask, last_pos = self._forward(batch, prefixes, keep=1, use_cache=True, reserve=reserve)
+            logits, cache, mask, last_pos = self._forward(
+                batch, prefixes, keep=1, use_cache=True, reserve=reserve
+            )
             # ``slots[k]`` is the batch row held in cache row k; ``live`` marks rows still decoding.
             # A finished row stays in the cache (its tokens are ignored) until a quarter of the
             # rows are finished: compacting the cache copies all of it, so it is done rarely.
