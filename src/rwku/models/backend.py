@@ -107,3 +107,29 @@ class LanguageModel(Protocol):
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """Token ids of ``text``."""
+
+
+def generate_with_scores(
+    lm: LanguageModel,
+    requests: Sequence[GenerationRequest],
+    continuations: Sequence[str],
+    *,
+    stop_token_ids: Sequence[int],
+    desc: str = "",
+) -> tuple[list[str], list[ContinuationScore]]:
+    """Greedy completions of each prompt and the log-probs of ``continuations[i]`` after it.
+
+    A backend that can do both from one pass over the prompt offers ``generate_scored`` (the
+    transformers engine does); any other backend gets the two plain calls. The scores equal
+    ``lm.score([ScoreRequest(request.prompt, continuation, group=request.group)])`` either way.
+    """
+    if hasattr(lm, "generate_scored"):
+        pairs = lm.generate_scored(
+            requests, stop_token_ids=stop_token_ids, continuations=list(continuations), desc=desc
+        )
+        return [text for text, _ in pairs], [score for _, score in pairs]
+    texts = lm.generate(requests, stop_token_ids=stop_token_ids, desc=desc)
+    scores = lm.score(
+        [ScoreRequest(r.prompt, c, group=r.group) for r, c in zip(requests, continuations)], desc=desc
+    )
+    return texts, scores

@@ -3,31 +3,41 @@
 Why it is fast without changing the numbers
 -------------------------------------------
 The reference evaluates prompts one batch at a time with ``model.generate`` and recomputes
-every prompt in full. On a CPU the cost is almost all prefill (the 5-shot MMLU header, the
-3-shot BBH chain of thought, the TruthfulQA primer once per answer choice), so this engine:
+every prompt in full. On a CPU the cost is prefill (the 5-shot MMLU header, the 3-shot BBH
+chain of thought, the TruthfulQA primer once per answer choice) and, for BBH and fluency,
+decoding that is bound by memory traffic. This engine:
 
 * **shares prefixes**: requests with the same ``group`` key have their longest common token
-  prefix run once; its KV cache is then placed in front of every member's suffix. Rows of one
-  batch may come from different groups: prefixes are left-padded to a common length and the
-  suffixes left-padded after them, so a row reads ``[pad][prefix][pad][suffix]``. Position
-  ids come from the attention mask's cumulative sum, exactly as ``generate`` computes them
-  for left padding, so every real token sees the positions and context it would see alone;
-* **sorts by length** inside each group and caps tokens per batch, so little is padding;
+  prefix run once, and the prefixes of all groups of a call their own common prefix (the chat
+  header, the TruthfulQA primer) once again. A prefix's keys and values are stored once and
+  read once per step for all rows that use it (:mod:`rwku.models.kvcache`);
+* **sorts by length** and chooses batches with a cost model (dynamic programming over
+  length-sorted rows), so little is padding;
 * **stops each sequence when it is done** (a stop token, its own token budget, or a rule such
-  as "BBH's answer regex has matched") and drops it from the batch, instead of decoding the
-  whole batch until its longest member ends;
+  as "BBH's answer regex has matched") and drops it from the batch;
+* **decodes speculatively from the prompt** (:mod:`rwku.models.drafting`): when the last tokens
+  occurred before, the tokens that followed them are checked in the same forward pass, and
+  exactly the greedy tokens are kept. A cost model decides per step how far to look ahead;
+* **scores a gold answer right after its prompt** (:meth:`HFLanguageModel.generate_scored`):
+  the prompt is run once for both the free generation and the answer's likelihood;
 * **computes logits only where they are read** (``logits_to_keep``).
 
 Greedy decoding is a plain argmax, as ``generate(do_sample=False)`` does with no logits
-processors. Floating-point sums differ with batch shapes, so a rare near-tie can flip a token
-against the reference's run; the conformance tests measure how rarely.
+processors. Floating-point sums differ with batch shapes and attention blocking, so a rare
+near-tie can flip a token against the reference's run; the conformance tests measure how
+rarely. Models whose attention the shared-prefix cache does not model (sliding windows) run
+on transformers' own cache and masks, without prefix sharing or speculation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,44 +45,58 @@ import torch
 from tqdm.auto import tqdm
 
 from rwku.models.backend import ContinuationScore, GenerationRequest, ScoreRequest, TokenStats
+from rwku.models.drafting import PromptLookup
+from rwku.models.kvcache import RowKV, supports_rows_attention, use_rows_attention
+from rwku.models.packed import packed_linears
 
 #: Below this many shared tokens a prefix is not worth a separate forward pass.
 MIN_SHARED_PREFIX = 16
 #: Cost model in milliseconds, measured on a 2-core CPU with SmolLM2-135M (only ratios
-#: matter, for choosing batches). Prefill is compute-bound: ~1.5 ms per token, growing with
-#: the attended context. A decoding step is bound by reading the weights (~65 ms whatever the
-#: batch) plus ~3.1 ms per row and ~2.2 µs per row per cached token.
-PREFILL_MS_PER_TOKEN = 1.5
+#: matter). Prefill is compute-bound: ~1.2 ms per token, growing with the attended context.
+#: A decoding step is bound by reading the weights (~60 ms whatever the batch) plus, per row,
+#: its share of compute and of reading its own cached tokens; a shared prefix is read once
+#: per step for all its rows.
+PREFILL_MS_PER_TOKEN = 1.2
 PREFILL_CONTEXT_SCALE = 3000
 CALL_MS = 30.0
-DECODE_STEP_MS = 65.0
-DECODE_ROW_MS = 3.1
+DECODE_STEP_MS = 60.0
+DECODE_ROW_MS = 1.5
 DECODE_CONTEXT_MS = 0.0022
+#: Speculative decoding: most draft tokens checked per row and step.
+MAX_DRAFT = 10
 
 
-def _cost(rows: int, prefix: int, suffix: int, steps: int = 0) -> float:
+def _cost(rows: int, prefix: int, suffix: int, steps: int = 0, prefixes: int = 1) -> float:
     """Estimated milliseconds of a batch: one padded forward over the suffixes, then ``steps``
-    decode steps. Every row is padded to the batch's longest prefix and longest suffix."""
+    decode steps. Every row is padded to the batch's longest suffix; each distinct prefix is
+    read once per step."""
     context = prefix + suffix
     prefill = CALL_MS + rows * suffix * PREFILL_MS_PER_TOKEN * (1 + context / PREFILL_CONTEXT_SCALE)
-    decode = steps * (DECODE_STEP_MS + rows * (DECODE_ROW_MS + DECODE_CONTEXT_MS * (context + steps / 2)))
-    return prefill + decode
-
-
-def _padded_cost(batch: list[_Row], steps: int = 0) -> float:
-    suffix = max(len(r.ids) - r.prefix_len for r in batch)
-    return _cost(len(batch), max(r.prefix_len for r in batch), suffix, steps)
+    per_step = (
+        DECODE_STEP_MS
+        + rows * (DECODE_ROW_MS + DECODE_CONTEXT_MS * (suffix + steps / 2))
+        + prefixes * DECODE_CONTEXT_MS * prefix
+    )
+    return prefill + steps * per_step
 
 
 @dataclass
 class _Row:
-    """One sequence to run: its full token ids and how many leading tokens come from a cache."""
+    """One sequence to run: its token ids and how many leading tokens come from a shared prefix."""
 
     index: int
     ids: list[int]
     group: Hashable | None
     cap: int  # the prefix may cover at most this many tokens
     prefix_len: int = 0
+
+    @property
+    def prefix(self) -> tuple[int, ...]:
+        return tuple(self.ids[: self.prefix_len])
+
+    @property
+    def suffix_len(self) -> int:
+        return len(self.ids) - self.prefix_len
 
 
 def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
@@ -83,68 +107,98 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _growing_cache(reserve: int):
-    """A DynamicCache whose layers append into preallocated buffers (None if unsupported).
+def _expected_accepted(k: int, p: float) -> float:
+    """Expected accepted draft tokens when each is right with probability ``p`` given the last."""
+    if k <= 0 or p <= 0:
+        return 0.0
+    if p >= 1:
+        return float(k)
+    return p * (1 - p**k) / (1 - p)
 
-    transformers' DynamicLayer re-concatenates the whole cache at every decoding step; on a CPU
-    that costs more than the attention itself once prompts are long (a 1,500-token BBH prompt ×
-    64 rows: 2.1 s per step, against 0.44 s with a buffer that grows geometrically and takes one
-    column per step).
+
+class _StepTimer:
+    """Online fit of a decoding pass's time as ``base + per_token × tokens`` (least squares).
+
+    Whether checking draft tokens pays depends on the machine: on this 2-core CPU a pass costs
+    ~60 ms of weight reading plus ~3 ms per token (one thread), on an accelerator almost
+    nothing per token. The engine times its own passes, so speculation adapts to the device,
+    the thread count and the load of the machine. Two prior points keep early estimates sane.
     """
-    try:
-        from transformers import DynamicCache
-        from transformers.cache_utils import DynamicLayer
-    except ImportError:  # pragma: no cover - very old transformers
-        return None
 
-    class GrowingLayer(DynamicLayer):
-        def preload(self, kbuf: torch.Tensor, vbuf: torch.Tensor, length: int) -> None:
-            """Adopt buffers whose first ``length`` columns already hold the cached prefix."""
-            self.dtype, self.device = kbuf.dtype, kbuf.device
-            self.is_initialized = True
-            self._kbuf, self._vbuf, self._len = kbuf, vbuf, length
-            self.keys, self.values = kbuf[:, :, :length], vbuf[:, :, :length]
+    def __init__(self, base_ms: float = 60.0, per_token_ms: float = 2.5) -> None:
+        self._lock = threading.Lock()
+        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
+        for tokens in (8.0, 64.0):  # prior observations on the prior line
+            self._add(tokens, base_ms + per_token_ms * tokens)
 
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self._kbuf = self._vbuf = None
-                self._len = 0
-            need = self._len + key_states.shape[-2]
-            if self._kbuf is None or need > self._kbuf.shape[-2]:
-                old = 0 if self._kbuf is None else self._kbuf.shape[-2]
-                cap = max(need + reserve, 2 * old)
-                b, h, _, d = key_states.shape
-                kbuf = key_states.new_empty(b, h, cap, d)
-                vbuf = value_states.new_empty(b, h, cap, value_states.shape[-1])
-                if self._len:
-                    kbuf[:, :, : self._len] = self._kbuf[:, :, : self._len]
-                    vbuf[:, :, : self._len] = self._vbuf[:, :, : self._len]
-                self._kbuf, self._vbuf = kbuf, vbuf
-            self._kbuf[:, :, self._len : need] = key_states
-            self._vbuf[:, :, self._len : need] = value_states
-            self._len = need
-            self.keys, self.values = self._kbuf[:, :, :need], self._vbuf[:, :, :need]
-            return self.keys, self.values
+    def _add(self, tokens: float, ms: float) -> None:
+        self.n += 1
+        self.sx += tokens
+        self.sy += ms
+        self.sxx += tokens * tokens
+        self.sxy += tokens * ms
 
-        def batch_select_indices(self, indices: torch.Tensor) -> None:
-            if self.is_initialized:
-                self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
-                self.keys, self.values = self._kbuf[:, :, : self._len], self._vbuf[:, :, : self._len]
+    def observe(self, tokens: int, seconds: float) -> None:
+        with self._lock:
+            self._add(float(tokens), seconds * 1000.0)
 
-    try:
-        cache = DynamicCache(layer_class_to_replicate=GrowingLayer)
-    except TypeError:  # pragma: no cover - transformers < 5
-        return None
-    cache.growing_layer = GrowingLayer
-    return cache
+    def estimate(self) -> tuple[float, float]:
+        """(base ms, ms per token), both kept positive."""
+        with self._lock:
+            var = self.n * self.sxx - self.sx * self.sx
+            slope = (self.n * self.sxy - self.sx * self.sy) / var if var > 0 else 2.5
+            slope = max(slope, 0.01)
+            base = max((self.sy - slope * self.sx) / self.n, 1.0)
+        return base, slope
 
 
-def _layer_kv(cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and values of one layer, across transformers versions."""
-    if hasattr(cache, "layers"):
-        return cache.layers[layer].keys, cache.layers[layer].values
-    return cache.key_cache[layer], cache.value_cache[layer]  # transformers < 4.56
+class _Prefixes:
+    """Shared-prefix KV caches of one call: computed on first use, dropped after last use.
+
+    A group prefix that starts with the call's root prefix (the part every group shares) is
+    computed on top of the root's cache, so the root runs once per call. Worker threads may
+    ask for the same prefix at once: it is computed by one of them, under that prefix's lock.
+    """
+
+    def __init__(self, engine: HFLanguageModel, root: tuple[int, ...]) -> None:
+        self.engine = engine
+        self.root = root
+        self.kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.uses: dict[tuple[int, ...], int] = defaultdict(int)
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[int, ...], threading.Lock] = defaultdict(threading.Lock)
+
+    def get(self, key: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        base: tuple[int, ...] = ()
+        if self.root and len(key) > len(self.root) and key[: len(self.root)] == self.root:
+            base = self.root
+        with self._lock:
+            key_lock = self._key_locks[key]
+        with key_lock:
+            if key not in self.kv:
+                base_kv = self._compute(base, None) if base else None
+                own = self.engine._prefix_kv(list(key[len(base) :]), base_kv)
+                if base_kv:
+                    own = [
+                        (torch.cat([bk, k], dim=2), torch.cat([bv, v], dim=2))
+                        for (bk, bv), (k, v) in zip(base_kv, own)
+                    ]
+                self.kv[key] = own
+            return self.kv[key]
+
+    def _compute(self, key: tuple[int, ...], base_kv) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        with self._lock:
+            key_lock = self._key_locks[key]
+        with key_lock:
+            if key not in self.kv:
+                self.kv[key] = self.engine._prefix_kv(list(key), base_kv)
+            return self.kv[key]
+
+    def release(self, key: tuple[int, ...]) -> None:
+        with self._lock:
+            self.uses[key] -= 1
+            if self.uses[key] <= 0:
+                self.kv.pop(key, None)
 
 
 class HFLanguageModel:
@@ -159,6 +213,10 @@ class HFLanguageModel:
         batch_size: int = 64,
         max_batch_tokens: int = 8192,
         max_kv_tokens: int = 65536,
+        speculative: bool = True,
+        workers: int | None = None,
+        packed: bool = True,
+        prefix_memory: int = 2 << 30,
         progress: bool = True,
     ) -> None:
         self.model = model
@@ -168,16 +226,34 @@ class HFLanguageModel:
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_kv_tokens = max_kv_tokens
+        self.speculative = speculative
+        #: parallel batch threads; default: one per torch thread on a CPU, one on an accelerator
+        self.workers = workers or (torch.get_num_threads() if self.device.type == "cpu" else 1)
+        #: run linear layers on prepacked oneDNN weights (CPU float32; see rwku.models.packed)
+        self.packed = packed
+        #: most bytes of shared-prefix KV computed ahead of a call's batches (else on first use)
+        self.prefix_memory = prefix_memory
         self.progress = progress
+        self._count_lock = threading.Lock()
+        self._timer = _StepTimer()
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = tokenizer.pad_token_id
         self.tokens_processed = 0  # prefill + decode tokens, for throughput reports
 
+    def _count(self, tokens: int) -> None:
+        with self._count_lock:
+            self.tokens_processed += int(tokens)
+
     # ------------------------------------------------------------------ text helpers
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def shared_cache(self) -> bool:
+        """Whether this model runs on the shared-prefix cache (see :mod:`rwku.models.kvcache`)."""
+        return supports_rows_attention(self.model)
 
     def chat_prompt(self, user: str) -> str:
         return self.tokenizer.apply_chat_template(
@@ -194,17 +270,15 @@ class HFLanguageModel:
         """Tokenise a model input as the reference does (``tokenizer(prompts)``: special tokens on)."""
         return self.tokenizer(text, add_special_tokens=True).input_ids
 
-    # ------------------------------------------------------------------ batching core
-    def _plan(self, rows: list[_Row], extra: int = 0) -> list[list[_Row]]:
-        """Choose shared prefixes per group and cut the rows into length-sorted batches.
-
-        A batch is capped three ways: ``batch_size`` rows, ``max_batch_tokens`` suffix tokens
-        in its one forward pass (activation memory), and ``max_kv_tokens`` cache entries
-        counting prefix, suffix and ``extra`` tokens still to generate (KV memory).
-        """
+    # ------------------------------------------------------------------ planning
+    def _assign_prefixes(self, rows: list[_Row]) -> tuple[int, ...]:
+        """Give every row of a group the group's common prefix; return the call's root prefix."""
+        if not self.shared_cache:
+            return ()
         by_group: dict[Hashable, list[_Row]] = defaultdict(list)
         for row in rows:
-            by_group[("__solo__", row.index) if row.group is None else row.group].append(row)
+            if row.group is not None:
+                by_group[row.group].append(row)
         for members in by_group.values():
             if len(members) > 1:
                 shared = min(_common_prefix_len(members[0].ids, m.ids) for m in members[1:])
@@ -212,38 +286,64 @@ class HFLanguageModel:
                 if shared >= MIN_SHARED_PREFIX:
                     for m in members:
                         m.prefix_len = shared
-        # Batch rows of similar shape: a batch pads every row to its longest suffix and its
-        # longest prefix, so mixing a 40-token suffix with a 700-token one, or a 300-token
-        # cached prefix with a 2,500-token one, multiplies the work. Two sort orders are
-        # tried and the plan with the smaller padded cost is kept.
-        plans = [
-            self._cut(sorted(rows, key=lambda r: (r.prefix_len, len(r.ids) - r.prefix_len)), extra),
-            self._cut(sorted(rows, key=lambda r: (len(r.ids) - r.prefix_len, r.prefix_len)), extra),
-        ]
-        return min(plans, key=lambda batches: sum(_padded_cost(b, extra) for b in batches))
+        prefixes = list({r.prefix for r in rows if r.prefix_len})
+        if len(prefixes) < 2:
+            return ()
+        root = min(_common_prefix_len(prefixes[0], p) for p in prefixes[1:])
+        # The root must leave every group something of its own to compute.
+        root = min([root] + [len(p) - 1 for p in prefixes])
+        return tuple(prefixes[0][:root]) if root >= MIN_SHARED_PREFIX else ()
 
-    def _cut(self, ordered: list[_Row], extra: int) -> list[list[_Row]]:
+    def _plan(self, rows: list[_Row], extra: int = 0, parts: int = 1) -> list[list[_Row]]:
+        """Cut the rows into length-sorted batches of least estimated cost.
+
+        A batch is capped three ways: ``batch_size`` rows, ``max_batch_tokens`` suffix tokens
+        in its one forward pass (activation memory), and ``max_kv_tokens`` cached tokens of its
+        own rows counting ``extra`` tokens still to generate (KV memory). Two sort orders are
+        tried and the plan with the smaller cost is kept. With ``parts`` workers, no batch holds
+        more than its share of the rows, so that every worker has work.
+        """
+        limit = min(self.batch_size, max(1, math.ceil(len(rows) / parts)))
+        plans = [
+            self._cut(sorted(rows, key=lambda r: (r.prefix_len, r.prefix, r.suffix_len)), extra, limit),
+            self._cut(sorted(rows, key=lambda r: (r.suffix_len, r.prefix_len)), extra, limit),
+        ]
+        return min(plans, key=lambda batches: sum(self._batch_cost(b, extra) for b in batches))
+
+    @staticmethod
+    def _batch_cost(batch: list[_Row], extra: int) -> float:
+        return _cost(
+            len(batch),
+            max(r.prefix_len for r in batch),
+            max(r.suffix_len for r in batch),
+            extra,
+            len({r.prefix for r in batch if r.prefix_len}),
+        )
+
+    def _cut(self, ordered: list[_Row], extra: int, limit: int) -> list[list[_Row]]:
         """Split sorted rows into contiguous batches of least total cost (dynamic programming).
 
         ``best[j]`` is the cheapest way to run the first ``j`` rows; the last batch is
-        ``ordered[i:j]`` for some ``i`` within ``batch_size`` rows and the memory caps.
+        ``ordered[i:j]`` for some ``i`` within ``limit`` rows and the memory caps.
         """
         n = len(ordered)
         best = [0.0] + [math.inf] * n
         cut_at = [0] * (n + 1)
         for j in range(1, n + 1):
             suffix = prefix = 0
-            for i in range(j - 1, max(-1, j - 1 - self.batch_size), -1):
+            keys: set = set()
+            for i in range(j - 1, max(-1, j - 1 - limit), -1):
                 row = ordered[i]
-                suffix = max(suffix, len(row.ids) - row.prefix_len)
+                suffix = max(suffix, row.suffix_len)
                 prefix = max(prefix, row.prefix_len)
+                if row.prefix_len:
+                    keys.add(row.prefix)
                 rows = j - i
                 if rows > 1 and (
-                    rows * suffix > self.max_batch_tokens
-                    or rows * (prefix + suffix + extra) > self.max_kv_tokens
+                    rows * suffix > self.max_batch_tokens or rows * (suffix + extra) > self.max_kv_tokens
                 ):
                     break
-                cost = best[i] + _cost(rows, prefix, suffix, extra)
+                cost = best[i] + _cost(rows, prefix, suffix, extra, len(keys))
                 if cost < best[j]:
                     best[j], cut_at[j] = cost, i
         batches: list[list[_Row]] = []
@@ -253,159 +353,414 @@ class HFLanguageModel:
             j = cut_at[j]
         return batches[::-1]
 
-    @torch.no_grad()
-    def _prefix_kv(self, ids: Sequence[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        out = self.model(
-            input_ids=torch.tensor([list(ids)], device=self.device), use_cache=True, logits_to_keep=1
-        )
-        self.tokens_processed += len(ids)
-        cache = out.past_key_values
-        return [_layer_kv(cache, i) for i in range(len(cache))]
+    def _run(self, rows: list[_Row], desc: str, step: Callable, extra: int = 0) -> None:
+        """Plan, then call ``step(batch, prefix_kvs)`` per batch with its prefixes computed.
 
-    @torch.no_grad()
-    def _forward(self, batch: list[_Row], prefixes: dict, keep: int, use_cache: bool, reserve: int = 0):
-        """Run one batch: cached prefixes in front, left-padded suffixes after them."""
-        from transformers import DynamicCache
-
-        device = self.device
-        p_max = max(r.prefix_len for r in batch)
-        s_max = max(len(r.ids) - r.prefix_len for r in batch)
-        bsz = len(batch)
-        mask = torch.zeros(bsz, p_max + s_max, dtype=torch.long)
-        input_ids = torch.full((bsz, s_max), self.pad_id, dtype=torch.long)
-        for b, row in enumerate(batch):
-            suffix = row.ids[row.prefix_len :]
-            mask[b, p_max - row.prefix_len : p_max] = 1
-            mask[b, p_max + s_max - len(suffix) :] = 1
-            input_ids[b, s_max - len(suffix) :] = torch.tensor(suffix)
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, p_max:]
-        cache = _growing_cache(reserve + s_max)
-        if cache is None:  # pragma: no cover - transformers < 5: plain cache, same numbers
-            cache = DynamicCache(config=self.model.config)
-        if p_max > 0:
-            # Copy each row's prefix KV once, left-padded, into buffers with room for the rest.
-            sample = next(iter(prefixes.values()))
-            for layer, (ref_k, ref_v) in enumerate(sample):
-                width = p_max + s_max + reserve
-                kbuf = ref_k.new_zeros(bsz, ref_k.shape[1], width, ref_k.shape[3])
-                vbuf = ref_v.new_zeros(bsz, ref_v.shape[1], width, ref_v.shape[3])
-                for b, row in enumerate(batch):
-                    if row.prefix_len:
-                        k, v = prefixes[tuple(row.ids[: row.prefix_len])][layer]
-                        kbuf[b, :, p_max - row.prefix_len : p_max] = k[0]
-                        vbuf[b, :, p_max - row.prefix_len : p_max] = v[0]
-                if hasattr(cache, "growing_layer"):
-                    cache.layers.append(cache.growing_layer())
-                    cache.layers[layer].preload(kbuf, vbuf, p_max)
-                else:  # pragma: no cover
-                    cache.update(kbuf[:, :, :p_max], vbuf[:, :, :p_max], layer)
-        out = self.model(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=position_ids.to(device),
-            past_key_values=cache,
-            use_cache=use_cache,
-            logits_to_keep=keep,
-        )
-        self.tokens_processed += int(mask[:, p_max:].sum())
-        return out.logits.float(), out.past_key_values, mask, position_ids[:, -1]
-
-    def _run(self, rows: list[_Row], desc: str, step, extra: int = 0):
-        """Plan, compute each group's prefix once, and call ``step(batch, prefixes)`` per batch."""
-        batches = self._plan(rows, extra)
-        remaining: dict[tuple, int] = defaultdict(int)
-        for batch in batches:
-            for row in batch:
-                if row.prefix_len:
-                    remaining[tuple(row.ids[: row.prefix_len])] += 1
-        prefixes: dict[tuple, list] = {}
+        With ``workers`` > 1 (the CPU default: one per torch thread), batches run in that many
+        Python threads, each with one torch thread. PyTorch releases the GIL inside its
+        kernels, so two single-threaded forward passes on two cores run at ~1.95x one, with no
+        OpenMP barrier in between to stall when another process holds a core. Shared prefixes
+        are computed first (see :meth:`_precompute`), so no worker waits for another's prefix.
+        """
+        root = self._assign_prefixes(rows)
+        workers = max(1, min(self.workers, len(rows)))
+        batches = self._plan(rows, extra, parts=workers)
+        prefixes = _Prefixes(self, root)
+        for row in rows:
+            if row.prefix_len:
+                prefixes.uses[row.prefix] += 1
         bar = tqdm(total=len(rows), desc=desc, disable=not self.progress, leave=False)
-        for batch in batches:
-            for row in batch:
-                key = tuple(row.ids[: row.prefix_len])
-                if row.prefix_len and key not in prefixes:
-                    prefixes[key] = self._prefix_kv(key)
-            step(batch, prefixes)
+
+        def run_batch(batch: list[_Row]) -> None:
+            # Grad mode is per thread: a worker must turn autograd off itself, or every cached
+            # key would carry its graph and memory would grow without bound.
+            with torch.inference_mode():
+                kvs = {row.prefix: prefixes.get(row.prefix) for row in batch if row.prefix_len}
+                step(batch, kvs)
+                del kvs
             for row in batch:
                 if row.prefix_len:
-                    key = tuple(row.ids[: row.prefix_len])
-                    remaining[key] -= 1
-                    if remaining[key] == 0:
-                        del prefixes[key]
+                    prefixes.release(row.prefix)
             bar.update(len(batch))
+
+        with contextlib.ExitStack() as context:
+            if self.shared_cache:
+                context.enter_context(use_rows_attention(self.model))
+            if self.packed:
+                context.enter_context(packed_linears(self.model))
+            if workers == 1 or len(batches) == 1:
+                for batch in batches:
+                    run_batch(batch)
+            else:
+                self._precompute(prefixes, [b for batch in batches for b in batch], workers)
+                # Longest batches first, so the workers finish together.
+                order = sorted(batches, key=lambda b: -self._batch_cost(b, extra))
+                self._parallel(workers, run_batch, order)
         bar.close()
 
-    # ------------------------------------------------------------------ public calls
+    @staticmethod
+    def _parallel(workers: int, fn: Callable, items: Sequence) -> None:
+        """``fn(item)`` for every item on ``workers`` threads of one torch thread each."""
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rwku-engine") as pool:
+                for future in [pool.submit(fn, item) for item in items]:
+                    future.result()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _precompute(self, prefixes: _Prefixes, rows: list[_Row], workers: int) -> None:
+        """Compute the call's shared prefixes before its batches, with every core busy.
+
+        A single sequence (the root prefix, or a call's only prefix) runs with ``workers``
+        OpenMP threads (oneDNN's prepacked kernels scale ~1.8x on two cores for prompt-sized
+        passes); many prefixes are spread over the workers. Skipped when holding all of them at
+        once would take more than ``prefix_memory`` bytes; they are then made on first use.
+        """
+        keys = sorted({r.prefix for r in rows if r.prefix_len}, key=len, reverse=True)
+        if not keys:
+            return
+        config = self.model.config
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        per_token = 2 * text.num_hidden_layers * getattr(text, "num_key_value_heads", 1) * head_dim * 4
+        if sum(len(k) for k in keys) * per_token > self.prefix_memory:
+            return
+
+        def make(key: tuple[int, ...]) -> None:
+            with torch.inference_mode():
+                prefixes.get(key)
+
+        with torch.inference_mode():
+            if prefixes.root:
+                prefixes._compute(prefixes.root, None)
+            if len(keys) == 1:
+                prefixes.get(keys[0])
+                return
+        self._parallel(workers, make, keys)
+
+    # ------------------------------------------------------------------ forward passes
+    @torch.no_grad()
+    def _prefix_kv(self, ids: list[int], base: list | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of ``ids`` (continuing ``base``'s prefix when given), per layer."""
+        prefix_len = base[0][0].shape[2] if base else 0
+        cache = RowKV(1, [base] if base else [], [0] if base else [-1], capacity=len(ids))
+        self._model_forward(cache, torch.tensor([ids]), torch.tensor([prefix_len]), keep=1)
+        self._count(len(ids))
+        cache.commit()
+        return list(zip(cache.keys, cache.values))
+
+    def _model_forward(self, cache: RowKV, input_ids: torch.Tensor, prefix_lengths: torch.Tensor, keep: int):
+        """One pass of ``input_ids`` [B, Q] written after each row's cached tokens; logits of the
+        last ``keep`` positions as float32."""
+        q_len = input_ids.shape[1]
+        device = self.device
+        cache.prepare(q_len, device)
+        positions = cache.positions(prefix_lengths)[:, None] + torch.arange(q_len)
+        positions = positions.clamp(min=0)
+        out = self.model(
+            input_ids=input_ids.to(device),
+            position_ids=positions.to(device),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        return out.logits.float()
+
+    @torch.no_grad()
+    def _prefill(self, batch: list[_Row], kvs: dict, keep: int, capacity: int, right_pad: bool = False):
+        """Run a batch's suffixes (left-padded) after their prefixes.
+
+        Returns ``(logits [B, keep, V], cache, prefix_lengths)``; the cache holds every row's
+        own tokens and has room for ``capacity`` more per row. ``right_pad`` (rows without a
+        prefix, every position kept) pads at the end instead: the pass is then plain causal
+        attention, without a mask, and row ``b``'s logits are its first ``len(ids)`` positions.
+        """
+        s_max = max(r.suffix_len for r in batch)
+        keys = list(dict.fromkeys(r.prefix for r in batch if r.prefix_len))
+        slot = {k: i for i, k in enumerate(keys)}
+        cache = RowKV(
+            len(batch),
+            [kvs[k] for k in keys],
+            [slot[r.prefix] if r.prefix_len else -1 for r in batch],
+            capacity=s_max + capacity,
+        )
+        input_ids = torch.full((len(batch), s_max), self.pad_id, dtype=torch.long)
+        pads = torch.zeros(len(batch), dtype=torch.long)
+        for b, row in enumerate(batch):
+            suffix = row.ids[row.prefix_len :]
+            if right_pad:
+                input_ids[b, : len(suffix)] = torch.tensor(suffix)
+            else:
+                pads[b] = s_max - len(suffix)
+                input_ids[b, s_max - len(suffix) :] = torch.tensor(suffix)
+        cache.set_start(pads)
+        # Positions count real tokens only: a row's first suffix token sits right after its prefix.
+        prefix_lengths = torch.tensor([r.prefix_len for r in batch], dtype=torch.long)
+        logits = self._model_forward(cache, input_ids, prefix_lengths, keep)
+        cache.commit()
+        self._count(sum(r.suffix_len for r in batch))
+        return logits, cache, prefix_lengths
+
+    @torch.no_grad()
+    def _plain_forward(self, batch: list[_Row], keep: int) -> torch.Tensor:
+        """Fallback for models the shared cache does not support: a left-padded full pass."""
+        s_max = max(len(r.ids) for r in batch)
+        input_ids = torch.full((len(batch), s_max), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(batch), s_max, dtype=torch.long)
+        for b, row in enumerate(batch):
+            input_ids[b, s_max - len(row.ids) :] = torch.tensor(row.ids)
+            mask[b, s_max - len(row.ids) :] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=position_ids.to(self.device),
+            logits_to_keep=keep,
+        )
+        self._count(int(mask.sum()))
+        return out.logits.float()
+
+    def _logits(self, batch: list[_Row], kvs: dict, keep: int) -> torch.Tensor:
+        if self.shared_cache:
+            return self._prefill(batch, kvs, keep, capacity=0)[0]
+        return self._plain_forward(batch, keep)
+
+    # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
         self, requests: Sequence[GenerationRequest], *, stop_token_ids: Sequence[int], desc: str = "generate"
     ) -> list[str]:
+        return [text for text, _ in self.generate_scored(requests, stop_token_ids=stop_token_ids, desc=desc)]
+
+    @torch.no_grad()
+    def generate_scored(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        stop_token_ids: Sequence[int],
+        continuations: Sequence[str | None] | None = None,
+        desc: str = "generate",
+    ) -> list[tuple[str, ContinuationScore | None]]:
+        """Greedy completions, and the log-probs of ``continuations[i]`` after prompt ``i``.
+
+        The continuation is scored exactly as :meth:`score` scores ``ScoreRequest(prompt,
+        continuation)`` — but from the prompt's pass that generation needs anyway, whenever
+        the prompt's tokens are a prefix of the joint tokenisation (otherwise it is scored
+        separately).
+        """
         stop = {int(t) for t in stop_token_ids if t is not None}
         if self.tokenizer.eos_token_id is not None:
             stop.add(int(self.tokenizer.eos_token_id))
         rows = [_Row(i, self._tokenize(r.prompt), r.group, cap=0) for i, r in enumerate(requests)]
         for row in rows:
             row.cap = len(row.ids) - 1
-        results: list[str] = [""] * len(rows)
+        texts: list[str] = [""] * len(rows)
+        scores: list[ContinuationScore | None] = [None] * len(rows)
+        cont_ids: list[list[int] | None] = [None] * len(rows)
+        separate: list[int] = []
+        if continuations is not None:
+            for row, cont in zip(rows, continuations):
+                if cont is None:
+                    continue
+                full = self._tokenize(requests[row.index].prompt + cont)
+                if self.shared_cache and len(full) > len(row.ids) and full[: len(row.ids)] == row.ids:
+                    cont_ids[row.index] = full[len(row.ids) :]
+                else:
+                    separate.append(row.index)
 
-        def step(batch: list[_Row], prefixes: dict) -> None:
-            reserve = max(requests[r.index].max_new_tokens for r in batch)
-            logits, cache, mask, last_pos = self._forward(
-                batch, prefixes, keep=1, use_cache=True, reserve=reserve
+        def finish(b_row: _Row, generated: list[int]) -> None:
+            # Decode prompt+generation and cut the decoded prompt off, as the reference does.
+            full = self.tokenizer.decode(b_row.ids + generated, skip_special_tokens=True)
+            prompt = self.tokenizer.decode(b_row.ids, skip_special_tokens=True)
+            texts[b_row.index] = full[len(prompt) :]
+
+        def step(batch: list[_Row], kvs: dict) -> None:
+            if not self.shared_cache:
+                for b_row, generated in zip(batch, self._generate_plain(batch, requests, stop)):
+                    finish(b_row, generated)
+                return
+            budget = max(requests[r.index].max_new_tokens for r in batch)
+            longest_cont = max((len(cont_ids[r.index] or ()) for r in batch), default=0)
+            logits, cache, prefix_lengths = self._prefill(
+                batch, kvs, keep=1, capacity=max(budget + MAX_DRAFT + 1, longest_cont)
             )
-            # ``slots[k]`` is the batch row held in cache row k; ``live`` marks rows still decoding.
-            # A finished row stays in the cache (its tokens are ignored) until a quarter of the
-            # rows are finished: compacting the cache copies all of it, so it is done rarely.
-            slots = list(range(len(batch)))
-            live = [True] * len(batch)
-            generated: list[list[int]] = [[] for _ in batch]
-            next_tokens = logits[:, -1].argmax(-1).tolist()
-            while True:
-                for k, b in enumerate(slots):
-                    if not live[b]:
-                        continue
-                    tok = next_tokens[k]
-                    request = requests[batch[b].index]
-                    if tok in stop:
-                        live[b] = False
-                        continue
-                    generated[b].append(tok)
-                    if len(generated[b]) >= request.max_new_tokens or (
-                        request.stop_when is not None
-                        and request.stop_when(self.tokenizer.decode(generated[b], skip_special_tokens=True))
-                    ):
-                        live[b] = False
-                n_live = sum(live[b] for b in slots)
-                if n_live == 0:
-                    break
-                if n_live <= 0.75 * len(slots):
-                    keep = [k for k, b in enumerate(slots) if live[b]]
-                    cache.batch_select_indices(torch.tensor(keep, device=self.device))
-                    mask, last_pos = mask[keep], last_pos[keep]
-                    next_tokens = [next_tokens[k] for k in keep]
-                    slots = [slots[k] for k in keep]
-                mask = torch.cat([mask, mask.new_ones(len(slots), 1)], dim=1)
-                last_pos = last_pos + 1
-                out = self.model(
-                    input_ids=torch.tensor(next_tokens, device=self.device)[:, None],
-                    attention_mask=mask.to(self.device),
-                    position_ids=last_pos[:, None].to(self.device),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
-                self.tokens_processed += len(slots)
-                cache = out.past_key_values
-                next_tokens = out.logits[:, -1].float().argmax(-1).tolist()
-            for b, row in enumerate(batch):
-                # Decode prompt+generation and cut the decoded prompt off, as the reference does.
-                full = self.tokenizer.decode(row.ids + generated[b], skip_special_tokens=True)
-                prompt = self.tokenizer.decode(row.ids, skip_special_tokens=True)
-                results[row.index] = full[len(prompt) :]
+            last = logits[:, -1]
+            if longest_cont:
+                self._score_after_prompt(batch, cache, prefix_lengths, last, cont_ids, scores)
+            for b_row, generated in zip(
+                batch, self._decode(batch, requests, cache, prefix_lengths, last, stop)
+            ):
+                finish(b_row, generated)
 
         self._run(rows, desc, step, extra=max((r.max_new_tokens for r in requests), default=0))
+        if separate:
+            extra_scores = self.score(
+                [ScoreRequest(requests[i].prompt, continuations[i]) for i in separate],
+                desc=f"{desc} (scores)",
+            )
+            for i, s in zip(separate, extra_scores):
+                scores[i] = s
+        return list(zip(texts, scores))
+
+    def _score_after_prompt(self, batch, cache: RowKV, prefix_lengths, last_logits, cont_ids, scores) -> None:
+        """Log-probs of each row's continuation, from the prompt's cache; the cache is left as it was."""
+        conts = [cont_ids[r.index] or [] for r in batch]
+        first = torch.log_softmax(last_logits, dim=-1)
+        width = max(len(c) for c in conts) - 1
+        rest = None
+        if width > 0:
+            input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            for b, c in enumerate(conts):
+                if len(c) > 1:
+                    input_ids[b, : len(c) - 1] = torch.tensor(c[:-1])
+            rest = torch.log_softmax(
+                self._model_forward(cache, input_ids, prefix_lengths, keep=width), dim=-1
+            )
+            self._count(sum(max(0, len(c) - 1) for c in conts))
+        for b, (row, c) in enumerate(zip(batch, conts)):
+            if not c:
+                continue
+            values = [float(first[b, c[0]])]
+            if len(c) > 1:
+                targets = torch.tensor(c[1:], device=rest.device)
+                values += rest[b, : len(c) - 1].gather(-1, targets[:, None]).squeeze(-1).tolist()
+            scores[row.index] = ContinuationScore(values)
+        # The continuation's keys were written after the prompt but not committed: the next
+        # pass overwrites them.
+
+    def _decode(self, batch, requests, cache: RowKV, prefix_lengths, last_logits, stop: set[int]):
+        """Greedy decoding of a prefilled batch, with prompt-lookup speculation."""
+        n = len(batch)
+        generated: list[list[int]] = [[] for _ in batch]
+        live = [True] * n
+        lookups = [PromptLookup(row.ids) for row in batch] if self.speculative else None
+        accept_rate = [0.5] * n
+
+        def take(b: int, tokens: list[int]) -> list[int]:
+            """Append greedy tokens to row b until it is done; return those appended."""
+            request = requests[batch[b].index]
+            taken = []
+            for tok in tokens:
+                if tok in stop:
+                    live[b] = False
+                    break
+                generated[b].append(tok)
+                taken.append(tok)
+                if len(generated[b]) >= request.max_new_tokens or (
+                    request.stop_when is not None
+                    and request.stop_when(self.tokenizer.decode(generated[b], skip_special_tokens=True))
+                ):
+                    live[b] = False
+                    break
+            return taken
+
+        # ``slots[k]`` is the batch row held in cache row k. A finished row stays in the cache
+        # (its inputs are padding, its compute wasted) until a tenth of the rows are finished:
+        # compacting copies the whole cache, which a few steps of that waste pay for.
+        slots = list(range(n))
+        pending = last_logits.argmax(-1).tolist()  # each live row's next token, not yet cached
+        for b in range(n):
+            taken = take(b, [pending[b]])
+            if lookups is not None and taken:
+                lookups[b].extend(taken)
+        while any(live[b] for b in slots):
+            if sum(live[b] for b in slots) <= 0.9 * len(slots):
+                keep = [k for k, b in enumerate(slots) if live[b]]
+                cache.select_rows(keep)
+                prefix_lengths = prefix_lengths[keep]
+                slots = [slots[k] for k in keep]
+                pending = [pending[k] for k in keep]
+            drafts = [lookups[b].draft(MAX_DRAFT) if lookups is not None and live[b] else [] for b in slots]
+            width = self._draft_width(
+                drafts, [accept_rate[b] for b in slots], [live[b] for b in slots], *self._timer.estimate()
+            )
+            input_ids = torch.full((len(slots), width), self.pad_id, dtype=torch.long)
+            for k, b in enumerate(slots):
+                if live[b]:
+                    row_input = [generated[b][-1]] + drafts[k][: width - 1]
+                    input_ids[k, : len(row_input)] = torch.tensor(row_input)
+            started = time.perf_counter()
+            logits = self._model_forward(cache, input_ids, prefix_lengths, keep=width)
+            predicted = logits.argmax(-1).tolist()
+            self._timer.observe(len(slots) * width, time.perf_counter() - started)
+            self._count(width * sum(live[b] for b in slots))
+            new_length = cache.length.clone()
+            for k, b in enumerate(slots):
+                if not live[b]:
+                    continue
+                draft = drafts[k][: width - 1]
+                accepted = 0
+                while accepted < len(draft) and draft[accepted] == predicted[k][accepted]:
+                    accepted += 1
+                if draft:
+                    accept_rate[b] = 0.5 * accept_rate[b] + 0.5 * (accepted / len(draft))
+                new_length[k] += 1 + accepted  # the fed token and the accepted drafts are cached
+                taken = take(b, draft[:accepted] + [predicted[k][accepted]])
+                if lookups is not None:
+                    lookups[b].extend(taken)
+            cache.commit(new_length)
+        return generated
+
+    @staticmethod
+    def _draft_width(drafts, rates, live, base_ms: float, token_ms: float) -> int:
+        """Tokens per row in the next pass (1 + draft length) that maximise expected tokens/ms.
+
+        Every row of the pass pays for the full width (finished rows still in the cache too);
+        a row gains 1 + the expected number of its draft tokens that greedy decoding confirms.
+        """
+        longest = max((len(d) for d, alive in zip(drafts, live) if alive), default=0)
+        if longest == 0:
+            return 1
+        rows = len(drafts)
+        n_live = sum(live)
+        best_width, best_rate = 1, -1.0
+        for width in range(1, longest + 2):
+            gain = n_live + sum(
+                _expected_accepted(min(width - 1, len(d)), p)
+                for d, p, alive in zip(drafts, rates, live)
+                if alive
+            )
+            cost = base_ms + rows * width * token_ms
+            if gain / cost > best_rate:
+                best_width, best_rate = width, gain / cost
+        return best_width
+
+    def _generate_plain(self, batch: list[_Row], requests, stop: set[int]) -> list[list[int]]:
+        """Fallback generation with transformers' ``generate`` (no sharing, no speculation)."""
+        s_max = max(len(r.ids) for r in batch)
+        input_ids = torch.full((len(batch), s_max), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(batch), s_max, dtype=torch.long)
+        for b, row in enumerate(batch):
+            input_ids[b, s_max - len(row.ids) :] = torch.tensor(row.ids)
+            mask[b, s_max - len(row.ids) :] = 1
+        budget = max(requests[r.index].max_new_tokens for r in batch)
+        out = self.model.generate(
+            input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            max_new_tokens=budget,
+            do_sample=False,
+            eos_token_id=sorted(stop),
+            pad_token_id=self.pad_id,
+        )
+        results = []
+        for b, row in enumerate(batch):
+            request = requests[row.index]
+            tokens: list[int] = []
+            for tok in out[b, s_max:].tolist():
+                if tok in stop or len(tokens) >= request.max_new_tokens:
+                    break
+                tokens.append(tok)
+                if request.stop_when is not None and request.stop_when(
+                    self.tokenizer.decode(tokens, skip_special_tokens=True)
+                ):
+                    break
+            results.append(tokens)
+        self._count(int(mask.sum()) + sum(len(t) for t in results))
         return results
 
+    # ------------------------------------------------------------------ scoring
     @torch.no_grad()
     def score(self, requests: Sequence[ScoreRequest], *, desc: str = "score") -> list[ContinuationScore]:
         rows, starts = [], []
@@ -417,11 +772,10 @@ class HFLanguageModel:
             starts.append(start)
         results: list[ContinuationScore] = [ContinuationScore([]) for _ in rows]
 
-        def step(batch: list[_Row], prefixes: dict) -> None:
+        def step(batch: list[_Row], kvs: dict) -> None:
             lengths = [len(row.ids) - starts[row.index] for row in batch]
             keep = max(lengths) + 1
-            logits, *_ = self._forward(batch, prefixes, keep=keep, use_cache=False)
-            logprobs = torch.log_softmax(logits, dim=-1)
+            logprobs = torch.log_softmax(self._logits(batch, kvs, keep), dim=-1)
             for b, row in enumerate(batch):
                 m = lengths[b]
                 if m <= 0:
@@ -449,8 +803,8 @@ class HFLanguageModel:
         out = np.zeros((len(rows), len(candidate_token_ids)), dtype=np.float64)
         candidates = torch.tensor(list(candidate_token_ids))
 
-        def step(batch: list[_Row], prefixes: dict) -> None:
-            logits, *_ = self._forward(batch, prefixes, keep=1, use_cache=False)
+        def step(batch: list[_Row], kvs: dict) -> None:
+            logits = self._logits(batch, kvs, keep=1)
             logprobs = torch.log_softmax(logits[:, -1], dim=-1)[:, candidates.to(logits.device)]
             for b, row in enumerate(batch):
                 out[row.index] = logprobs[b].cpu().numpy()
@@ -462,29 +816,33 @@ class HFLanguageModel:
     def token_stats(self, texts: Sequence[str], *, desc: str = "token stats") -> list[TokenStats]:
         rows = [_Row(i, self._tokenize(t), None, cap=0) for i, t in enumerate(texts)]
         results: list[TokenStats] = [None] * len(rows)  # type: ignore[list-item]
-        mia_tokens = 2048  # positions per full-vocabulary softmax (~1 GB at a 50k vocabulary)
+        mia_tokens = 2048  # positions per full-vocabulary softmax (~400 MB at a 50k vocabulary)
 
-        def step(batch: list[_Row], prefixes: dict) -> None:
+        def step(batch: list[_Row], kvs: dict) -> None:
             keep = max(len(r.ids) for r in batch)
-            # Full-vocabulary log-softmax over every position is large: run sub-batches.
             per = max(1, mia_tokens // keep)
             for start in range(0, len(batch), per):
                 sub = batch[start : start + per]
                 sub_keep = max(len(r.ids) for r in sub)
-                logits, *_ = self._forward(sub, prefixes, keep=sub_keep, use_cache=False)
+                if self.shared_cache:
+                    logits = self._prefill(sub, {}, keep=sub_keep, capacity=0, right_pad=True)[0]
+                    first = [0] * len(sub)
+                else:
+                    logits = self._plain_forward(sub, keep=sub_keep)
+                    first = [sub_keep - len(r.ids) for r in sub]
                 for b, row in enumerate(sub):
                     n = len(row.ids)
                     if n < 2:
                         empty = np.zeros(0, dtype=np.float32)
                         results[row.index] = TokenStats(empty, empty, empty, n)
                         continue
-                    row_logits = logits[b, sub_keep - n : sub_keep - 1]
-                    logp = torch.log_softmax(row_logits, dim=-1)
-                    p = logp.exp()
+                    logp = torch.log_softmax(logits[b, first[b] : first[b] + n - 1], dim=-1)
                     targets = torch.tensor(row.ids[1:], device=logp.device)
                     token_logprobs = logp.gather(-1, targets[:, None]).squeeze(-1)
-                    mu = (p * logp).sum(-1)
-                    sigma2 = (p * logp.square()).sum(-1) - mu.square()
+                    # mu = E[log p], sigma2 = E[(log p)^2] - mu^2, with one temporary.
+                    plogp = logp.exp().mul_(logp)
+                    mu = plogp.sum(-1)
+                    sigma2 = torch.linalg.vecdot(plogp, logp) - mu.square()
                     results[row.index] = TokenStats(
                         token_logprobs.cpu().numpy(), mu.cpu().numpy(), sigma2.cpu().numpy(), n
                     )

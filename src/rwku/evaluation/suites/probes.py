@@ -18,7 +18,7 @@ from rwku.evaluation.config import EvalConfig
 from rwku.evaluation.metrics import probe_score
 from rwku.evaluation.prompts import probe_user_text, with_prefix
 from rwku.evaluation.suites.base import SuiteResult, cut_at_newline, has_content_line, mean100
-from rwku.models.backend import GenerationRequest, LanguageModel, ScoreRequest
+from rwku.models.backend import GenerationRequest, LanguageModel, generate_with_scores
 from rwku.models.hf import reference_stop_ids
 
 LEVEL_NAMES = {"1": "fb", "2": "qa", "3": "aa"}
@@ -39,17 +39,15 @@ def run_probes(lm: LanguageModel, levels: dict[str, list], cfg: EvalConfig, name
     probes = [p for level in sorted(levels) for p in levels[level]]
     prompts = [build_prompt(lm, p, cfg) for p in probes]
     stop_when = has_content_line if cfg.stop_at_newline else None
-    outputs = lm.generate(
+    outputs, likelihoods = generate_with_scores(
+        lm,
         [GenerationRequest(p, MAX_NEW_TOKENS, group=name, stop_when=stop_when) for p in prompts],
+        [continuation_for(p, probe.answer) for p, probe in zip(prompts, probes)],
         stop_token_ids=reference_stop_ids(lm),
-        desc=f"{name}: generate",
+        desc=f"{name}: generate and score gold",
     )
     if cfg.stop_at_newline:
         outputs = [cut_at_newline(o) for o in outputs]
-    likelihoods = lm.score(
-        [ScoreRequest(p, continuation_for(p, probe.answer), group=name) for p, probe in zip(prompts, probes)],
-        desc=f"{name}: gold likelihood",
-    )
     items = []
     for probe, prompt, output, lik in zip(probes, prompts, outputs, likelihoods):
         mean_lp = lik.mean
