@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from rwku.cli_sweep import register as register_sweep_commands
 from rwku.errors import ConfigError, RwkuError
 
 app = typer.Typer(
@@ -320,8 +321,15 @@ def run_evaluation(
     return result
 
 
+register_sweep_commands(app)  # rwku sweep, rwku report (rwku/cli_sweep.py)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m rwku.cli / accelerate launch -m rwku.cli
+    main()
