@@ -23,7 +23,7 @@ th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: right; white-spac
 th { background: #eef1f5; } td:first-child, th:first-child { text-align: left; }
 tr.before td { background: #f7f7f2; font-style: italic; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
-p.note { color: #666; font-size: 0.9em; } code { background: #f3f3f3; padding: 0 3px; }
+div.scroll { overflow-x: auto; } p.note { color: #666; font-size: 0.9em; } code { background: #f3f3f3; padding: 0 3px; }
 """
 
 
@@ -54,7 +54,7 @@ def table_html(rows: Sequence[Row], columns: Sequence[str], first: str = "Method
         cls = ' class="before"' if r.key is None else ""
         cells = "".join(f"<td>{html.escape(cell_text(r.values[c]))}</td>" for c in cols)
         body.append(f"<tr{cls}><td>{html.escape(r.label)}</td><td>{r.n}</td>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
 
 def image_html(fig: Figure) -> str:
