@@ -230,6 +230,7 @@ def run_unlearning(
     from rwku.evaluation.config import EvalConfig
     from rwku.evaluation.runner import evaluate
     from rwku.methods import get_method
+    from rwku.methods.distributed import accelerator_from_env, is_main_process
     from rwku.methods.trainer import mix_targets, train
     from rwku.models.hf import HFLanguageModel
     from rwku.models.resolve import load_model
@@ -241,7 +242,14 @@ def run_unlearning(
     data = open_data(cfg.data)
     targets = [data.target(t) for t in cfg.targets]
     target_data = [data.load_target(t.name) for t in targets]
-    loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    # under `accelerate launch` every process trains on its own device (docs/scale.md)
+    accelerator = accelerator_from_env()
+    device = str(accelerator.device) if accelerator is not None else cfg.device
+    if accelerator is not None and accelerator.is_main_process:
+        log(
+            f"training through accelerate: {accelerator.distributed_type}, {accelerator.num_processes} processes"
+        )
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device)
     lm = HFLanguageModel(
         loaded.model, loaded.tokenizer, loaded.info, batch_size=cfg.eval_batch_size, progress=cfg.progress
     )
@@ -319,8 +327,9 @@ def run_unlearning(
             retain_records=retain,
             seed=cfg.seed,
             progress=cfg.progress,
-            run_dir=run_dir,
+            run_dir=run_dir if is_main_process(accelerator) else None,
             on_epoch=on_epoch if wanted and evaluate_model else None,
+            accelerator=accelerator,
         )
         timings["train"] = round(time.perf_counter() - t1, 1)
         lm.model = report.model
@@ -369,6 +378,6 @@ def run_unlearning(
             {"epoch": row["epoch"], "after": row["after"][targets[0].name] if single else row["after"]}
             for row in epoch_rows
         ]
-    if run_dir is not None:
+    if run_dir is not None and is_main_process(accelerator):
         write_run_files(run_dir, cfg, corpora, record)
     return record
