@@ -46,7 +46,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -570,11 +570,6 @@ def run_with_ray(
     )
 
 
-def missing_cells(out: Path, cells: Sequence[Cell]) -> list[Cell]:
-    """Cells of a plan without a finished result in ``out``."""
-    return [c for c in cells if not is_finished(out, c)]
-
-
 def format_summary(summary: SweepSummary) -> str:
     parts = [
         f"{summary.finished_before + summary.finished_now}/{summary.total} cells finished "
@@ -594,7 +589,6 @@ __all__ = [
     "cell_path",
     "format_summary",
     "is_finished",
-    "missing_cells",
     "read_cell",
     "read_manifest",
     "run_cell",

@@ -18,6 +18,17 @@ from pathlib import Path
 from rwku.reporting.aggregate import METRICS, Row, Series
 
 DPI = 110
+#: Every plotted score is a percentage: an interval reaching past 0 or 100 (small n, a wide
+#: t-quantile) is cut at the axis instead of squashing the means into a flat line.
+SCORE_RANGE = (0.0, 100.0)
+
+
+def _limit_axis(ax, lows: list[float], highs: list[float]) -> None:
+    if not lows:
+        return
+    lo, hi = max(min(lows), SCORE_RANGE[0]), min(max(highs), SCORE_RANGE[1])
+    pad = max(2.0, 0.05 * (hi - lo))
+    ax.set_ylim(lo - pad, hi + pad)
 
 
 def _pyplot():
@@ -39,10 +50,14 @@ def _panels(
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     for ax, (panel, metric) in zip(axes[0], metrics):
+        lows: list[float] = []
+        highs: list[float] = []
         for ser in series:
             pts = [(x, s) for x, s in zip(ser.x, ser.y[metric]) if s.mean is not None]
             if not pts:
                 continue
+            lows += [s.mean - (s.ci or 0.0) for _, s in pts]
+            highs += [s.mean + (s.ci or 0.0) for _, s in pts]
             xs = [str(x) for x, _ in pts] if categorical else [x for x, _ in pts]
             ax.errorbar(
                 xs,
@@ -52,6 +67,7 @@ def _panels(
                 capsize=3,
                 label=ser.label,
             )
+        _limit_axis(ax, lows, highs)
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -88,11 +104,14 @@ def plot_attack_types(types: Sequence[str], rows: Sequence[Row], path: Path) -> 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(types) + 3), 4.2))
     width = 0.8 / len(rows)
+    highs: list[float] = []
     for i, row in enumerate(rows):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(types))]
         means = [row.values[t].mean or 0.0 for t in types]
         errs = [row.values[t].ci or 0.0 for t in types]
+        highs += [m + e for m, e in zip(means, errs)]
         ax.bar(xs, means, width=width, yerr=errs, capsize=2, label=row.label)
+    _limit_axis(ax, [0.0], highs)
     ax.set_xticks(range(len(types)))
     ax.set_xticklabels([t.replace("_", " ") for t in types], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("forget ROUGE-L recall ×100 (lower = forgot more)")
