@@ -623,6 +623,8 @@ def train(
         report.status = "finished"
     except _Stop as stop:
         report.status, report.reason = stop.status, stop.reason
+        if accelerator is not None:  # a collapsed run is still evaluated: hand back the module
+            report.model = distributed.unwrap(accelerator, trained)
         _close(report, bar, trained, was_training, t0, device)
         record.finish(report)
         if stop.status == "diverged":
