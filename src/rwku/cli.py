@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from rwku.cli_sweep import register as register_sweep_commands
 from rwku.errors import ConfigError, RwkuError
 
 app = typer.Typer(
@@ -80,6 +81,10 @@ def eval_cmd(
     bbh_full_output: Annotated[bool, typer.Option(help="Decode BBH to 256 tokens after the answer.")] = False,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow model code from the checkpoint.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    backend: Annotated[
+        str,
+        typer.Option(help="hf (transformers) or vllm (CUDA GPUs, pip install 'rwku[vllm]'; docs/scale.md)."),
+    ] = "hf",
 ) -> None:
     """Evaluate a model on one target and print the paper's Table 1 row."""
     from rwku.evaluation.config import EvalConfig
@@ -109,6 +114,7 @@ def eval_cmd(
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             progress=not quiet,
+            backend=backend,
         )
     except RwkuError as err:
         _fail(err)
@@ -284,6 +290,7 @@ def run_evaluation(
     dtype="float32",
     trust_remote_code=False,
     progress=True,
+    backend="hf",
 ) -> dict:
     """Load data and model, evaluate, and return the result dictionary (used by the CLI and tests)."""
     from rwku.data import open_data
@@ -295,10 +302,24 @@ def run_evaluation(
     _set_threads(threads)
     target_data = open_data(data).load_target(target)
     spec = resolve_model(model)
-    loaded = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
-    lm = HFLanguageModel(
-        loaded.model, loaded.tokenizer, loaded.info, batch_size=batch_size, progress=progress
-    )
+    if backend == "vllm":  # generation on vLLM; its own fingerprint, so never mixed in the cache
+        from rwku.models.vllm_backend import open_vllm
+
+        lm = open_vllm(
+            model,
+            dtype=dtype,
+            device=device,
+            trust_remote_code=trust_remote_code,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    elif backend == "hf":
+        loaded = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        lm = HFLanguageModel(
+            loaded.model, loaded.tokenizer, loaded.info, batch_size=batch_size, progress=progress
+        )
+    else:
+        raise ConfigError(f"--backend must be hf or vllm, got {backend!r}")
     started = time.perf_counter()
 
     def report(part: str, seconds: float, cached: bool) -> None:
@@ -312,7 +333,7 @@ def run_evaluation(
         suites=parts,
         cfg=cfg,
         cache=ResultCache(enabled=use_cache),
-        model_fingerprint=loaded.info.get("fingerprint"),
+        model_fingerprint=lm.info.get("fingerprint"),
         on_part=report,
     )
     result["timings"]["total"] = round(time.perf_counter() - started, 3)
@@ -320,8 +341,15 @@ def run_evaluation(
     return result
 
 
+register_sweep_commands(app)  # rwku sweep, rwku report (rwku/cli_sweep.py)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     try:
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m rwku.cli / accelerate launch -m rwku.cli
+    main()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -208,8 +209,20 @@ def load_corpus_for(method, cfg: UnlearnConfig, data, lm, target, fingerprint: s
     )
 
 
-def run_unlearning(cfg: UnlearnConfig, *, evaluate_model: bool = True, log=print) -> dict:
-    """Unlearn ``cfg.targets`` with ``cfg.method`` and evaluate before/after (see module docstring)."""
+def run_unlearning(
+    cfg: UnlearnConfig,
+    *,
+    evaluate_model: bool = True,
+    log=print,
+    record_epochs: Sequence[float] | None = None,
+    save: bool = True,
+) -> dict:
+    """Unlearn ``cfg.targets`` with ``cfg.method`` and evaluate before/after (see module docstring).
+
+    For sweeps (:mod:`rwku.experiments.sweep`): ``record_epochs`` evaluates the model after
+    each of those training epochs too, into ``record["epochs"]`` (one run gives the whole
+    trade-off curve); ``save=False`` writes no run directory (no weights, corpus or run.json).
+    """
     import torch
 
     from rwku.data import open_data
@@ -217,6 +230,7 @@ def run_unlearning(cfg: UnlearnConfig, *, evaluate_model: bool = True, log=print
     from rwku.evaluation.config import EvalConfig
     from rwku.evaluation.runner import evaluate
     from rwku.methods import get_method
+    from rwku.methods.distributed import accelerator_from_env, is_main_process
     from rwku.methods.trainer import mix_targets, train
     from rwku.models.hf import HFLanguageModel
     from rwku.models.resolve import load_model
@@ -228,7 +242,14 @@ def run_unlearning(cfg: UnlearnConfig, *, evaluate_model: bool = True, log=print
     data = open_data(cfg.data)
     targets = [data.target(t) for t in cfg.targets]
     target_data = [data.load_target(t.name) for t in targets]
-    loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    # under `accelerate launch` every process trains on its own device (docs/scale.md)
+    accelerator = accelerator_from_env()
+    device = str(accelerator.device) if accelerator is not None else cfg.device
+    if accelerator is not None and accelerator.is_main_process:
+        log(
+            f"training through accelerate: {accelerator.distributed_type}, {accelerator.num_processes} processes"
+        )
+    loaded = load_model(cfg.model, dtype=cfg.dtype, device=device)
     lm = HFLanguageModel(
         loaded.model, loaded.tokenizer, loaded.info, batch_size=cfg.eval_batch_size, progress=cfg.progress
     )
@@ -254,9 +275,11 @@ def run_unlearning(cfg: UnlearnConfig, *, evaluate_model: bool = True, log=print
         timings["evaluate_before"] = round(time.perf_counter() - t0, 1)
 
     # 3.-4. unlearn
-    run_dir = Path(cfg.run_dir or Path("runs") / f"{timestamp()}-{cfg.method}-{cfg.mode}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = Path(cfg.run_dir or Path("runs") / f"{timestamp()}-{cfg.method}-{cfg.mode}") if save else None
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
     corpora: dict[str, list[dict]] = {}
+    epoch_rows: list[dict] = []
     report = None
     undo = None
     after_cfg = eval_cfg
@@ -283,6 +306,17 @@ def run_unlearning(cfg: UnlearnConfig, *, evaluate_model: bool = True, log=print
         )
         t1 = time.perf_counter()
         mode = cfg.mode if cfg.mode != "partial" else f"partial:{cfg.layers}"
+        wanted = sorted({float(e) for e in record_epochs or ()})
+
+        def on_epoch(done: float, model) -> None:
+            """Evaluate at a recorded epoch; the last epoch is the usual "after" evaluation."""
+            if done >= hp.epochs - 1e-6 or not any(abs(done - e) < 1e-6 for e in wanted):
+                return
+            log(f"evaluating after epoch {done:g} ...")
+            lm.model = model
+            rows = {td.target.name: evaluate(lm, td, suites=cfg.suites, cfg=after_cfg) for td in target_data}
+            epoch_rows.append({"epoch": done, "after": rows})
+
         report = train(
             lm.model,
             lm.tokenizer,
@@ -293,7 +327,9 @@ def run_unlearning(cfg: UnlearnConfig, *, evaluate_model: bool = True, log=print
             retain_records=retain,
             seed=cfg.seed,
             progress=cfg.progress,
-            run_dir=run_dir,
+            run_dir=run_dir if is_main_process(accelerator) else None,
+            on_epoch=on_epoch if wanted and evaluate_model else None,
+            accelerator=accelerator,
         )
         timings["train"] = round(time.perf_counter() - t1, 1)
         lm.model = report.model
@@ -329,11 +365,19 @@ def run_unlearning(cfg: UnlearnConfig, *, evaluate_model: bool = True, log=print
             "timings": timings,
             "peak_memory_mb": report.peak_rss_mb if report is not None else None,
             "status": report.status if report is not None else "finished",
-            "run_dir": str(run_dir),
+            "run_dir": str(run_dir) if run_dir is not None else None,
             "config": asdict(cfg),
         },
         "before": before[targets[0].name] if len(targets) == 1 and before else before,
         "after": after[targets[0].name] if len(targets) == 1 and after else after,
     }
-    write_run_files(run_dir, cfg, corpora, record)
+    if record_epochs and report is not None and evaluate_model:
+        epoch_rows.append({"epoch": report.epochs, "after": after})
+        single = len(targets) == 1
+        record["epochs"] = [
+            {"epoch": row["epoch"], "after": row["after"][targets[0].name] if single else row["after"]}
+            for row in epoch_rows
+        ]
+    if run_dir is not None and is_main_process(accelerator):
+        write_run_files(run_dir, cfg, corpora, record)
     return record

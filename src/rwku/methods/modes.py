@@ -266,16 +266,20 @@ def prepare_model(
 # --------------------------------------------------------------------------------------------
 
 
-def save_trained(model: Any, tokenizer: Any, out_dir: str | os.PathLike[str]) -> Path:
+def save_trained(
+    model: Any, tokenizer: Any, out_dir: str | os.PathLike[str], state_dict: dict[str, Any] | None = None
+) -> Path:
     """Save a trained model and its tokenizer to ``out_dir`` (safetensors only).
 
     A ``PeftModel`` saves just its adapter; anything else saves the full weights. Writing to a
     fresh folder and renaming it into place is the caller's job (the trainer does that), so
-    that a half-written folder never looks like a result.
+    that a half-written folder never looks like a result. ``state_dict`` replaces the model's
+    own (the weights gathered from DeepSpeed/FSDP shards, whose module holds only a shard).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    extra = {"state_dict": state_dict} if state_dict is not None else {}
+    model.save_pretrained(out, safe_serialization=True, **extra)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return out

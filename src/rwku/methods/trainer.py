@@ -56,6 +56,7 @@ import torch
 
 from rwku.errors import ConfigError, RwkuError
 from rwku.io import atomic_write_json
+from rwku.methods import distributed
 from rwku.methods.base import Batch, Hyperparameters, UnlearningMethod, decoder_layers
 from rwku.methods.batches import build_batch
 from rwku.methods.modes import TrainingMode, is_peft_model, parse_mode, prepare_model, save_trained
@@ -348,13 +349,13 @@ class _RunRecord:
                 {"status": status, "reason": reason, **self.header, **more, "time": _now()},
             )
 
-    def save(self, model: Any, tokenizer: Any) -> Path | None:
+    def save(self, model: Any, tokenizer: Any, state_dict: dict[str, Any] | None = None) -> Path | None:
         """Save into a temporary folder, then rename it to ``weights/`` in one step."""
         if self.dir is None:
             return None
         self.tmp = self.dir / f".{WEIGHTS_DIR}.tmp-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
-        save_trained(model, tokenizer, self.tmp)
+        save_trained(model, tokenizer, self.tmp, state_dict=state_dict)
         final = self.dir / WEIGHTS_DIR
         shutil.rmtree(final, ignore_errors=True)
         os.replace(self.tmp, final)
@@ -414,11 +415,13 @@ def train(
     seed: int = 0,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[float, Any], None] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     guards: GuardRails | None = None,
     precision: str = "fp32",
     warmup_cap: float = 0.1,
     max_grad_norm: float = 1.0,
+    accelerator: Any | None = None,
 ) -> TrainReport:
     """Unlearn with ``method`` on ``records`` and return a :class:`TrainReport`.
 
@@ -427,8 +430,14 @@ def train(
     range) or a :class:`~rwku.methods.modes.TrainingMode`. ``records`` are the method's corpus
     records (several targets' records may be mixed; see :func:`mix_targets`);
     ``retain_records`` are raw-text passages for methods that need retain data. ``on_step`` is
-    called as ``on_step(step, loss)`` after every optimiser step (1-based). ``precision`` is
-    ``fp32``, or ``bf16``/``fp16`` autocast on CUDA only.
+    called as ``on_step(step, loss)`` after every optimiser step (1-based). ``on_epoch`` is
+    called as ``on_epoch(epochs_done, model)`` with the model in eval mode at the end of every
+    epoch (and after a fractional last one): one run then yields a whole trade-off curve across
+    epochs, instead of one run per epoch count with a different schedule. ``precision`` is
+    ``fp32``, or ``bf16``/``fp16`` autocast on CUDA only. ``accelerator`` (an
+    ``accelerate.Accelerator``) runs the updates through it, for ``accelerate launch`` with
+    DeepSpeed ZeRO-3 or FSDP (:mod:`rwku.methods.distributed`); mixed precision then comes
+    from the launcher's config.
 
     Returns normally with status ``finished`` or (a guard rail fired) ``collapsed``; raises
     :class:`TrainingError` for ``diverged`` and re-raises ``KeyboardInterrupt`` (``interrupted``)
@@ -441,7 +450,7 @@ def train(
         raise ConfigError(f"method {method.name!r}: the forget corpus is empty")
     if method.needs_retain and not retain_records:
         raise ConfigError(f"method {method.name!r} needs retain passages (retain_records)")
-    device = _device_of(model)
+    device = accelerator.device if accelerator is not None else _device_of(model)
     if precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"precision must be fp32, bf16 or fp16, not {precision!r}")
     if precision != "fp32" and device.type != "cuda":
@@ -542,13 +551,15 @@ def train(
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(plan), desc=f"{method.name} ({tm.kind})", unit="step", leave=False)
+        if accelerator is not None:  # wrap for DeepSpeed/FSDP/DDP once everything before is done
+            trained, optimizer = distributed.prepare(accelerator, trained, optimizer)
         n_batches = len(batches)
         micro_done = 0
         trained.train()
         for step, group in enumerate(plan, 1):
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for i in group:
+            for j, i in enumerate(group):
                 retain = retain_for(i)
                 ctx = _to(extras[i], device)
                 if retain is not None:
@@ -559,16 +570,22 @@ def train(
                 if not math.isfinite(value):
                     raise _Stop("diverged", f"loss is {value} at step {step} (batch {i})")
                 scaled = loss / len(group)
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                if accelerator is not None:
+                    distributed.backward(accelerator, scaled, last_micro_batch=j == len(group) - 1)
+                else:
+                    (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 step_loss += value / len(group)
                 micro_done += 1
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
+            if accelerator is not None:
+                norm = distributed.clip(accelerator, trained, max_grad_norm)
+            else:
+                norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
             if scaler is not None:  # fp16 overflow: the scaler skips the step and lowers its scale
                 scaler.step(optimizer)
                 scaler.update()
-            elif not math.isfinite(norm):
+            elif norm is not None and not math.isfinite(norm):
                 raise _Stop("diverged", f"gradient norm is {norm} at step {step}")
             else:
                 optimizer.step()
@@ -588,15 +605,26 @@ def train(
                 )
             if guards.collapse_every and (step % guards.collapse_every == 0 or step == len(plan)):
                 guard(collapsed())
+            if on_epoch is not None and (micro_done % n_batches == 0 or step == len(plan)):
+                trained.eval()
+                on_epoch(report.epochs, trained)
+                trained.train()
 
         if bar is not None:
             bar.close()
             bar = None
         trained.eval()
-        report.weights_dir = str(record.save(trained, tokenizer)) if run_dir is not None else None
+        state = None
+        if accelerator is not None:  # gathering sharded weights is collective: every process
+            trained, state = distributed.gather_for_save(accelerator, trained)
+            report.model = trained
+        if run_dir is not None and distributed.is_main_process(accelerator):
+            report.weights_dir = str(record.save(trained, tokenizer, state_dict=state))
         report.status = "finished"
     except _Stop as stop:
         report.status, report.reason = stop.status, stop.reason
+        if accelerator is not None:  # a collapsed run is still evaluated: hand back the module
+            report.model = distributed.unwrap(accelerator, trained)
         _close(report, bar, trained, was_training, t0, device)
         record.finish(report)
         if stop.status == "diverged":

@@ -1,0 +1,328 @@
+"""`rwku report`: Table 1 and the attack-type table from real cell files, the figures, the HTML.
+
+The run directory is produced by a real tiny-model sweep (single and batch setting, ICU, a RepE
+α grid, NPO LoRA with a recorded epoch, GA on two partial-layer ranges, every suite), so every
+table column and every figure has data. The expected numbers are recomputed here straight
+from the cell files, not copied from a previous run.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from rwku.cli import app
+from rwku.experiments.grid import expand_grid
+from rwku.experiments.sweep import RunOptions, run_sweep
+from rwku.reporting import aggregate as agg
+from rwku.reporting.report import write_report
+from rwku.reporting.table import COLUMNS, table_values
+
+runner = CliRunner()
+PNG = b"\x89PNG\r\n\x1a\n"
+PLOTS = {
+    "tradeoff_epochs.png",
+    "tradeoff_alpha.png",
+    "attack_types.png",
+    "batch_targets.png",
+    "partial_layers.png",
+}
+
+
+def _resolve(t):
+    return {1: "Stephen King", 2: "Confucius"}.get(t, t)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_model_dir, data_dir, tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("report")
+    grid = {
+        "name": "tiny-report",
+        "model": str(tiny_model_dir),
+        "targets": [1, 2],
+        "setting": ["single", "batch"],
+        "batch_sizes": [2],
+        "methods": [
+            "icu",
+            {"name": "repe", "grid": {"alpha": [0.5, 1.0]}},
+            {"name": "npo", "lr": 1.0e-3},
+            {"name": "ga", "modes": ["partial"], "lr": 1.0e-3, "grid": {"layers": ["0-1", "1-2"]}},
+        ],
+        "suites": "forget,neighbor,mia,utility",
+        "limit": 1,
+        "utility_limit": 1,
+        "corpus": "authors",
+        "corpus_size": 4,
+        "max_length": 48,
+        "epochs": 2,
+        "batch_size": 2,
+        "record_epochs": [1],
+        "threads": 1,
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RWKU_CACHE", str(tmp / "cache"))
+        plan = expand_grid(grid, resolve_target=_resolve)
+        assert run_sweep(plan, tmp / "out", opts=RunOptions(data=str(data_dir), log=lambda m: None)).ok
+    return tmp / "out"
+
+
+def cells(run_dir: Path) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted((run_dir / "cells").glob("*.json"))]
+
+
+def per_target(value: dict) -> list[dict]:
+    return [value] if "scores" in value else list(value.values())
+
+
+def expected_mean(results: list[dict], column: str) -> float | None:
+    values = [table_values(r)[column] for r in results]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def test_mean_and_t_interval_on_a_hand_case():
+    s = agg.mean_ci([1.0, 2.0, 3.0])
+    # sd = 1, t(0.975, 2) = 4.302653 → half-width 4.302653 / sqrt(3)
+    assert s.mean == pytest.approx(2.0) and s.n == 3
+    assert s.ci == pytest.approx(4.302652729911275 / math.sqrt(3), rel=1e-9)
+    wide = agg.mean_ci([1.0, 2.0, 3.0], confidence=0.99)
+    assert wide.ci == pytest.approx(9.924843200918284 / math.sqrt(3), rel=1e-9)
+    assert agg.mean_ci([5.0, None, float("nan")]) == agg.Stat(5.0, None, 1)
+    assert agg.mean_ci([]) == agg.Stat(None, None, 0)
+    assert agg.mean_ci([4.0, 4.0]).ci == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def test_table1_has_the_paper_layout_and_the_means_of_the_cells(run_dir):
+    run = agg.load_run(run_dir)
+    assert not run.missing and not run.unscored and len(run.results) == 18
+    rows = agg.table1(run)
+    md = agg.to_markdown(rows)
+    header = md.splitlines()[0]
+    assert header == "| Method | n | " + " | ".join(name for name, _ in COLUMNS) + " |"
+    assert [r.label for r in rows][:2] == ["Before", "ICU"]
+    by_label = {r.label: r for r in rows}
+    files = cells(run_dir)
+
+    # the original model: one result per distinct target
+    befores = {}
+    for c in files:
+        for t, res in zip(c["cell"]["targets"], per_target(c["record"]["before"])):
+            befores.setdefault(t, res)
+    for name, _ in COLUMNS:
+        assert by_label["Before"].values[name].mean == pytest.approx(
+            expected_mean(list(befores.values()), name)
+        )
+    assert by_label["Before"].n == 2
+
+    def check(label: str, pick) -> None:
+        results = [r for c in files if pick(c["cell"]) for r in per_target(c["record"]["after"])]
+        assert results, label
+        row = by_label[label]
+        assert row.n == len(results)
+        for name, _ in COLUMNS:
+            want = expected_mean(results, name)
+            got = row.values[name].mean
+            assert (got is None and want is None) or got == pytest.approx(want), (label, name)
+
+    check("NPO (lora) lr=0.001", lambda c: c["method"] == "npo" and c["setting"] == "single")
+    check(
+        "RepE alpha=1 [batch k=2]",
+        lambda c: c["method"] == "repe" and c["setting"] == "batch" and c["options"]["alpha"] == 1.0,
+    )
+    check(
+        "GA (partial) layers=1-2, lr=0.001",
+        lambda c: c["method"] == "ga" and c["setting"] == "single" and c["params"]["layers"] == "1-2",
+    )
+    # every Table 1 column is filled (all suites ran)
+    assert all(by_label["ICU"].values[name].mean is not None for name, _ in COLUMNS)
+
+
+def test_csv_and_latex_parse_and_agree_with_the_rows(run_dir):
+    rows = agg.table1(agg.load_run(run_dir))
+    table = list(csv.DictReader(io.StringIO(agg.to_csv(rows))))
+    assert [t["label"] for t in table] == [r.label for r in rows]
+    for t, r in zip(table, rows):
+        for name, _ in COLUMNS:
+            assert float(t[name]) == pytest.approx(r.values[name].mean)
+            assert (t[f"{name}_ci"] == "") == (r.values[name].ci is None)
+    assert table[1]["method"] == "icu" and table[1]["setting"] == "single" and table[1]["mode"] == ""
+
+    tex = agg.to_latex(rows)
+    spec = re.search(r"\\begin\{tabular\}\{([^}]*)\}", tex).group(1)
+    n_cols = spec.count("l") + spec.count("c")
+    assert n_cols == 1 + len(COLUMNS)
+    body = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    assert len(body) == 2 + len(rows)  # group header, column header, one line per row
+    for line in body[1:]:
+        assert line.count("&") == n_cols - 1, line
+    assert tex.count("{") == tex.count("}") and tex.count("$") % 2 == 0
+    assert r"\multicolumn{4}{c}{Forget Set}" in tex and r"\multicolumn{5}{c}{Utility Set}" in tex
+    assert agg.latex_escape("ga_star & 5%") == r"ga\_star \& 5\%"
+
+
+def test_attack_type_table_is_the_mean_forget_score_per_type(run_dir):
+    run = agg.load_run(run_dir)
+    types, rows = agg.attack_types(run)
+    files = cells(run_dir)
+    seen = sorted(
+        {
+            t
+            for c in files
+            for r in per_target(c["record"]["after"])
+            for t in r["scores"]["forget"]["aa_by_type"]
+        }
+    )
+    assert types == seen and types
+    npo = next(r for r in rows if r.label == "NPO (lora) lr=0.001")
+    results = [
+        r
+        for c in files
+        if c["cell"]["method"] == "npo" and c["cell"]["setting"] == "single"
+        for r in per_target(c["record"]["after"])
+    ]
+    for t in types:
+        have = [
+            r["scores"]["forget"]["aa_by_type"][t]
+            for r in results
+            if t in r["scores"]["forget"]["aa_by_type"]
+        ]
+        assert npo.values[t].mean == pytest.approx(np.mean(have)) and npo.values[t].n == len(have)
+
+
+def test_curves_cover_epochs_alpha_batch_sizes_and_layer_ranges(run_dir):
+    run = agg.load_run(run_dir)
+    epochs = {s.label: s for s in agg.epoch_curves(run)}
+    npo = epochs["NPO (lora) lr=0.001"]
+    assert npo.x == [0.0, 1.0, 2.0]
+    table = {r.label: r for r in agg.table1(run)}
+    assert npo.y["F-LL"][0].mean == pytest.approx(table["Before"].values["F-LL"].mean)
+    assert npo.y["F-LL"][-1].mean == pytest.approx(table["NPO (lora) lr=0.001"].values["F-LL"].mean)
+    alpha = agg.option_curves(run, "alpha")
+    assert [s.x for s in alpha] == [[0.0, 0.5, 1.0], [0.0, 0.5, 1.0]]  # single and batch setting
+    assert alpha[0].y["N-All"][2].mean == pytest.approx(table["RepE alpha=1"].values["N-All"].mean)
+    batch = agg.batch_curves(run)
+    assert {s.label for s in batch} >= {"ICU", "NPO (lora) lr=0.001"} and all(s.x == [2] for s in batch)
+    layers = agg.layer_grid(run)
+    assert [s.x for s in layers] == [["0-1", "1-2"], ["0-1", "1-2"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Files, HTML, Chromium
+# --------------------------------------------------------------------------------------------
+
+
+def test_report_writes_every_file_and_a_self_contained_html(run_dir, tmp_path):
+    result = write_report(run_dir, tmp_path / "rep")
+    names = {p.name for p in result.files}
+    assert {
+        "report.md",
+        "report.html",
+        "table1.csv",
+        "table1.tex",
+        "attack_types.md",
+        "attack_types.csv",
+    } <= names
+    assert names >= PLOTS
+    for plot in PLOTS:
+        assert (tmp_path / "rep" / "plots" / plot).read_bytes().startswith(PNG)
+    page = (tmp_path / "rep" / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == len(PLOTS)
+    assert all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert 'src="plots/' not in page and "http://" not in page and "https://" not in page
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert result.table_markdown in md and "skipped" not in md
+
+
+def test_figures_without_data_are_skipped_with_a_note(run_dir, tmp_path):
+    only_icu = tmp_path / "icu"
+    shutil.copytree(run_dir, only_icu)
+    for f in (only_icu / "cells").glob("*.json"):
+        if not f.name.startswith("icu-") or f.name.startswith("icu-batch"):
+            f.unlink()
+    result = write_report(only_icu)
+    md = (only_icu / "report" / "report.md").read_text()
+    for note in (
+        "no cells with record_epochs",
+        "no batch-setting cells",
+        "no partial-mode cells",
+        "no RepE cells",
+    ):
+        assert note in md
+    assert "| ICU | 2 |" in md and "[batch k=2]" not in md
+    assert "cells not finished yet" in md  # the removed cells are reported missing, not silently dropped
+    assert {p.name for p in result.files} & PLOTS == {"attack_types.png"}
+    assert not (only_icu / "report" / "plots" / "batch_targets.png").exists()
+
+
+def test_report_cli(run_dir, tmp_path):
+    result = runner.invoke(app, ["report", str(run_dir), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 0, result.output
+    assert "| Before | 2 |" in result.output and (tmp_path / "r" / "report.html").exists()
+    result = runner.invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code == 2 and "not a sweep directory" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("RWKU_REQUIRE_CHROMIUM"):
+            pytest.fail("RWKU_REQUIRE_CHROMIUM is set but chromium is not installed")
+        pytest.skip("chromium is not installed (apt-get install -y chromium); CI installs it")
+    write_report(run_dir, tmp_path / "rep")
+    page = (tmp_path / "rep" / "report.html").resolve()
+    shot = tmp_path / "shot.png"
+    common = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
+    done = subprocess.run(
+        [*common, f"--screenshot={shot}", "--window-size=1280,2000", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert shot.exists(), done.stderr[-2000:]
+    print(f"\nheadless Chromium screenshot of the report: {shot}")
+    from matplotlib import image
+
+    pixels = image.imread(str(shot))
+    assert pixels.shape[:2] == (2000, 1280)
+    assert float(pixels[..., :3].std()) > 0.05  # text, tables and figures, not a blank page
+    assert len(np.unique(pixels[..., :3].reshape(-1, 3), axis=0)) > 50
+    dom = subprocess.run(
+        [*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180
+    ).stdout
+    assert "<table>" in dom and "F-All" in dom and "NPO (lora) lr=0.001" in dom
+    assert dom.count("<img") == len(PLOTS)
