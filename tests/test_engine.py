@@ -193,3 +193,50 @@ def test_row_cache_keeps_rows_ragged():
     assert visible[0].tolist() == [False, True, True, False, False]
     cache.select_rows([1])
     assert cache.rows == 1 and cache.length.tolist() == [3]
+
+
+def test_step_timer_recovers_the_cost_line_and_follows_changes():
+    from rwku.models.hf import _StepTimer
+
+    timer = _StepTimer()
+    for tokens in (10, 20, 40, 80) * 20:
+        timer.observe(tokens, (30 + 4.0 * tokens) / 1000)
+    base, per_token = timer.estimate()
+    assert base == pytest.approx(30, rel=0.15) and per_token == pytest.approx(4.0, rel=0.05)
+    for tokens in (10, 20, 40, 80) * 60:  # the machine got faster: the fit follows
+        timer.observe(tokens, (30 + 1.0 * tokens) / 1000)
+    assert timer.estimate()[1] == pytest.approx(1.0, rel=0.1)
+
+
+def test_packed_linears_match_nn_linear_and_repack_after_an_update():
+    from rwku.models.packed import _available, packed_linears
+
+    if not _available():
+        pytest.skip("oneDNN prepacking is not available in this torch build")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8, bias=False))
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        plain = model(x)
+        with packed_linears(model), packed_linears(model):  # re-entrant
+            assert "forward" in model[0].__dict__
+            packed = model(x)
+        assert "forward" not in model[0].__dict__  # restored on the last exit
+        assert torch.allclose(packed, plain, atol=1e-5)
+        model[2].weight.mul_(2.0)  # an in-place update (as an optimiser step) moves the version
+        with packed_linears(model):
+            assert torch.allclose(model(x), 2 * plain, atol=1e-5)
+
+
+def test_worker_threads_run_without_autograd(tiny_lm, monkeypatch):
+    seen = []
+    original = HFLanguageModel._model_forward
+
+    def spy(self, *args, **kwargs):
+        seen.append(torch.is_inference_mode_enabled())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFLanguageModel, "_model_forward", spy)
+    monkeypatch.setattr(tiny_lm, "workers", 2)
+    tiny_lm.generate(_grouped_prompts(tiny_lm), stop_token_ids=[])
+    assert seen and all(seen)

@@ -64,6 +64,10 @@ DECODE_ROW_MS = 1.5
 DECODE_CONTEXT_MS = 0.0022
 #: Speculative decoding: most draft tokens checked per row and step.
 MAX_DRAFT = 10
+#: A pass over this few tokens costs about what a pass over one does (its matrix products
+#: are bound by reading the weights; measured flat from 1 to 8 rows on the 2-core CPU), so
+#: small batches draft for free up to it.
+FREE_TOKENS = 8
 
 
 def _cost(rows: int, prefix: int, suffix: int, steps: int = 0, prefixes: int = 1) -> float:
@@ -122,34 +126,38 @@ class _StepTimer:
     Whether checking draft tokens pays depends on the machine: on this 2-core CPU a pass costs
     ~60 ms of weight reading plus ~3 ms per token (one thread), on an accelerator almost
     nothing per token. The engine times its own passes, so speculation adapts to the device,
-    the thread count and the load of the machine. Two prior points keep early estimates sane.
+    the thread count and the load of the machine. Older passes fade (weight 0.98 per new one,
+    a memory of ~50 passes) so the fit follows the workload at hand (BBH's long prompts cost
+    more per token than fluency's); two fixed prior points keep the fit sane when the recent
+    passes all had the same size.
     """
+
+    FORGET = 0.98
 
     def __init__(self, base_ms: float = 60.0, per_token_ms: float = 2.5) -> None:
         self._lock = threading.Lock()
-        self.n = self.sx = self.sy = self.sxx = self.sxy = 0.0
-        for tokens in (8.0, 64.0):  # prior observations on the prior line
-            self._add(tokens, base_ms + per_token_ms * tokens)
+        self.prior = [0.0] * 5
+        for tokens in (8.0, 64.0):
+            self._add(self.prior, tokens, base_ms + per_token_ms * tokens)
+        self.recent = [0.0] * 5
 
-    def _add(self, tokens: float, ms: float) -> None:
-        self.n += 1
-        self.sx += tokens
-        self.sy += ms
-        self.sxx += tokens * tokens
-        self.sxy += tokens * ms
+    @staticmethod
+    def _add(sums: list[float], tokens: float, ms: float) -> None:
+        for i, v in enumerate((1.0, tokens, ms, tokens * tokens, tokens * ms)):
+            sums[i] += v
 
     def observe(self, tokens: int, seconds: float) -> None:
         with self._lock:
-            self._add(float(tokens), seconds * 1000.0)
+            self.recent = [v * self.FORGET for v in self.recent]
+            self._add(self.recent, float(tokens), seconds * 1000.0)
 
     def estimate(self) -> tuple[float, float]:
         """(base ms, ms per token), both kept positive."""
         with self._lock:
-            var = self.n * self.sxx - self.sx * self.sx
-            slope = (self.n * self.sxy - self.sx * self.sy) / var if var > 0 else 2.5
-            slope = max(slope, 0.01)
-            base = max((self.sy - slope * self.sx) / self.n, 1.0)
-        return base, slope
+            n, sx, sy, sxx, sxy = (a + b for a, b in zip(self.prior, self.recent))
+        var = n * sxx - sx * sx
+        slope = max((n * sxy - sx * sy) / var, 0.01) if var > 0 else 2.5
+        return max((sy - slope * sx) / n, 1.0), slope
 
 
 class _Prefixes:
@@ -294,7 +302,9 @@ class HFLanguageModel:
         root = min([root] + [len(p) - 1 for p in prefixes])
         return tuple(prefixes[0][:root]) if root >= MIN_SHARED_PREFIX else ()
 
-    def _plan(self, rows: list[_Row], extra: int = 0, parts: int = 1) -> list[list[_Row]]:
+    def _plan(
+        self, rows: list[_Row], extra: int = 0, parts: int = 1, max_rows: int | None = None
+    ) -> list[list[_Row]]:
         """Cut the rows into length-sorted batches of least estimated cost.
 
         A batch is capped three ways: ``batch_size`` rows, ``max_batch_tokens`` suffix tokens
@@ -303,7 +313,7 @@ class HFLanguageModel:
         tried and the plan with the smaller cost is kept. With ``parts`` workers, no batch holds
         more than its share of the rows, so that every worker has work.
         """
-        limit = min(self.batch_size, max(1, math.ceil(len(rows) / parts)))
+        limit = min(self.batch_size, max_rows or self.batch_size, max(1, math.ceil(len(rows) / parts)))
         plans = [
             self._cut(sorted(rows, key=lambda r: (r.prefix_len, r.prefix, r.suffix_len)), extra, limit),
             self._cut(sorted(rows, key=lambda r: (r.suffix_len, r.prefix_len)), extra, limit),
@@ -353,7 +363,9 @@ class HFLanguageModel:
             j = cut_at[j]
         return batches[::-1]
 
-    def _run(self, rows: list[_Row], desc: str, step: Callable, extra: int = 0) -> None:
+    def _run(
+        self, rows: list[_Row], desc: str, step: Callable, extra: int = 0, max_rows: int | None = None
+    ) -> None:
         """Plan, then call ``step(batch, prefix_kvs)`` per batch with its prefixes computed.
 
         With ``workers`` > 1 (the CPU default: one per torch thread), batches run in that many
@@ -364,7 +376,7 @@ class HFLanguageModel:
         """
         root = self._assign_prefixes(rows)
         workers = max(1, min(self.workers, len(rows)))
-        batches = self._plan(rows, extra, parts=workers)
+        batches = self._plan(rows, extra, parts=workers, max_rows=max_rows)
         prefixes = _Prefixes(self, root)
         for row in rows:
             if row.prefix_len:
@@ -684,7 +696,7 @@ class HFLanguageModel:
             started = time.perf_counter()
             logits = self._model_forward(cache, input_ids, prefix_lengths, keep=width)
             predicted = logits.argmax(-1).tolist()
-            self._timer.observe(len(slots) * width, time.perf_counter() - started)
+            self._timer.observe(max(len(slots) * width, FREE_TOKENS), time.perf_counter() - started)
             self._count(width * sum(live[b] for b in slots))
             new_length = cache.length.clone()
             for k, b in enumerate(slots):
@@ -722,7 +734,7 @@ class HFLanguageModel:
                 for d, p, alive in zip(drafts, rates, live)
                 if alive
             )
-            cost = base_ms + rows * width * token_ms
+            cost = base_ms + max(rows * width, FREE_TOKENS) * token_ms
             if gain / cost > best_rate:
                 best_width, best_rate = width, gain / cost
         return best_width
