@@ -90,7 +90,12 @@ WEIGHTS_DIR = "weights"
 
 
 class TrainingError(RwkuError):
-    """Training stopped because it went wrong (NaN/inf loss); ``report`` says how far it got."""
+    """Training stopped because it went wrong (NaN/inf loss); ``report`` says how far it got.
+
+    Exit code 1 on the command line, like a collapsed run: the input was valid, the run failed.
+    """
+
+    exit_code = 1
 
     def __init__(self, message: str, report: TrainReport | None = None) -> None:
         super().__init__(message)
@@ -414,6 +419,7 @@ def train(
     seed: int = 0,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    on_epoch: Callable[[float, Any], None] | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     guards: GuardRails | None = None,
     precision: str = "fp32",
@@ -427,7 +433,10 @@ def train(
     range) or a :class:`~rwku.methods.modes.TrainingMode`. ``records`` are the method's corpus
     records (several targets' records may be mixed; see :func:`mix_targets`);
     ``retain_records`` are raw-text passages for methods that need retain data. ``on_step`` is
-    called as ``on_step(step, loss)`` after every optimiser step (1-based). ``precision`` is
+    called as ``on_step(step, loss)`` after every optimiser step (1-based). ``on_epoch`` is
+    called as ``on_epoch(epochs_done, model)`` with the model in eval mode at the end of every
+    epoch (and after a fractional last one): one run then yields a whole trade-off curve across
+    epochs, instead of one run per epoch count with a different schedule. ``precision`` is
     ``fp32``, or ``bf16``/``fp16`` autocast on CUDA only.
 
     Returns normally with status ``finished`` or (a guard rail fired) ``collapsed``; raises
@@ -588,6 +597,10 @@ def train(
                 )
             if guards.collapse_every and (step % guards.collapse_every == 0 or step == len(plan)):
                 guard(collapsed())
+            if on_epoch is not None and (micro_done % n_batches == 0 or step == len(plan)):
+                trained.eval()
+                on_epoch(report.epochs, trained)
+                trained.train()
 
         if bar is not None:
             bar.close()
