@@ -480,5 +480,5 @@ def main() -> None:  # pragma: no cover - console entry point
         sys.exit(130)
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m rwku.cli ...`
+if __name__ == "__main__":  # python -m rwku.cli / accelerate launch -m rwku.cli
     main()
