@@ -448,3 +448,17 @@ def test_a_diverged_run_exits_1_with_its_record(tiny_model_dir, data_dir, tmp_pa
     saved = json.loads((tmp_path / "r" / "run.json").read_text())
     assert saved["run"]["status"] == "diverged" and "nan" in saved["run"]["reason"]
     assert not (tmp_path / "r" / "weights").exists()
+
+
+def test_unlearn_repe_saves_its_control_vectors_with_alpha(tiny_model_dir, data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "repe"
+    args = ["unlearn", "--model", str(tiny_model_dir), "--data", str(data_dir), "--target", "1"]
+    args += ["--method", "repe", "--option", "alpha=1.5", "--run-dir", str(run_dir), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    vectors = load_file(run_dir / "control_vectors.safetensors")["control_vectors"]
+    assert vectors.shape == (2, 32) and vectors.abs().sum() > 0  # one vector per layer of the tiny model
+    run = json.loads((run_dir / "run.json").read_text())["run"]
+    assert run["hyperparameters"]["alpha"] == 1.5 and run["status"] == "finished"

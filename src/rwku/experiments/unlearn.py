@@ -634,6 +634,17 @@ def _run_once(
             hyper["prompt_prefix"] = prefix
         for t in targets:  # RepE: one control vector per target (single-target use)
             undo = method.install(lm.model, lm.tokenizer, t) or undo
+            vectors = getattr(method, "vectors", None)
+            if vectors is not None and run_dir is not None:
+                from safetensors.torch import save_file
+
+                save_file(
+                    {"control_vectors": vectors.contiguous()}, str(run_dir / "control_vectors.safetensors")
+                )
+                hyper["control_vectors"] = {
+                    "file": "control_vectors.safetensors",
+                    "shape": list(vectors.shape),
+                }
     else:
         for t in targets:
             log(f"building the {method.corpus} corpus for {t.name} ({cfg.corpus}) ...")
