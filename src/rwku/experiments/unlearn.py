@@ -370,8 +370,9 @@ def _corpus_size(kind: str, cfg: UnlearnConfig):
 def load_corpus_for(method, cfg: UnlearnConfig, data, lm, target, fingerprint: str) -> list[dict]:
     """The forget corpus of one target: model-written (cached), the authors', or a saved one.
 
-    GA* always reads the target's Wikipedia passages (its definition), cut to the preset's
-    number of records on the CPU preset.
+    GA* always reads the target's Wikipedia passages (its definition). On the CPU preset the
+    authors' corpora and the passages are cut to the preset's number of records, like the
+    synthetic ones (582 records of 512 tokens take hours on a CPU).
     """
     from rwku.data.corpus import CPU_SIZES, authors_corpus, get_or_generate, load_generation_resources
 
@@ -386,7 +387,8 @@ def load_corpus_for(method, cfg: UnlearnConfig, data, lm, target, fingerprint: s
         return records[: cfg.corpus_size] if cfg.corpus_size else records
     if cfg.corpus == "authors" or kind == "wiki_passages":
         records = authors_corpus(data, target.name, kind)
-        n = cfg.corpus_size or (CPU_SIZES["passages"].n if cfg.corpus_preset == "cpu" else None)
+        cpu = CPU_SIZES.get(kind, CPU_SIZES["passages"]).n
+        n = cfg.corpus_size or (cpu if cfg.corpus_preset == "cpu" else None)
         return records[:n] if n else records
     size = _corpus_size(kind, cfg)
     resources = load_generation_resources(data)
@@ -408,9 +410,10 @@ def load_corpus_for(method, cfg: UnlearnConfig, data, lm, target, fingerprint: s
 def build_retain(cfg: UnlearnConfig, data, lm, targets, target_data, fingerprint: str, n: int) -> list[dict]:
     """Retain text for GradDiff, KL and RMU (the paper has no retain term; see docs/methods.md).
 
-    ``generic``: Wikipedia passages of the RWKU targets after the unlearned ones (in id order,
-    skipping every unlearned target), ``n`` of them, one target after another. The evaluation
-    never scores them, so the retain loss cannot flatter the locality numbers.
+    ``generic``: Wikipedia passages of the other RWKU targets, round-robin in id order (the first
+    passage of every target that is not unlearned, then the second, ...), ``n`` of them: text
+    about many people and topics that the evaluation of the unlearned targets never scores, so
+    the retain loss cannot flatter the locality numbers.
     ``neighbor``: ``n`` passages the model writes about the neighbours named in the
     targets' neighbor probes (cached like the forget corpus); the probes' answers are never used.
     """
@@ -440,19 +443,20 @@ def build_retain(cfg: UnlearnConfig, data, lm, targets, target_data, fingerprint
             )
         return out[:n]
     unlearned = {t.name for t in targets}
-    out = []
+    pools: list[list[str]] = []
     for other in data.targets():
         if other.name in unlearned:
             continue
         try:
-            out += [{"text": r["text"]} for r in data.load_corpus("passage", other)]
-        except RwkuError:
+            pools.append([r["text"] for r in data.load_corpus("passage", other)])
+        except RwkuError:  # a target without passages in this data copy
             continue
-        if len(out) >= n:
-            return out[:n]
+    out = [
+        {"text": pool[j]} for j in range(max(map(len, pools), default=0)) for pool in pools if j < len(pool)
+    ]
     if not out:
         raise ConfigError("retain generic: the data has no Wikipedia passages of other targets")
-    return out
+    return out[:n]
 
 
 def write_run_files(
