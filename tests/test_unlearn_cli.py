@@ -463,3 +463,37 @@ def test_unlearn_repe_saves_its_control_vectors_with_alpha(tiny_model_dir, data_
     assert vectors.shape == (2, 32) and vectors.abs().sum() > 0  # one vector per layer of the tiny model
     run = json.loads((run_dir / "run.json").read_text())["run"]
     assert run["hyperparameters"]["alpha"] == 1.5 and run["status"] == "finished"
+
+
+def test_ctrl_c_leaves_an_interrupted_record_and_no_weights(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import rwku.methods.trainer as trainer
+
+    real_train = trainer.train
+
+    def interrupted(*args, **kwargs):
+        def ctrl_c(step: int, loss: float) -> None:
+            raise KeyboardInterrupt
+
+        return real_train(*args, **{**kwargs, "on_step": ctrl_c})
+
+    monkeypatch.setattr(trainer, "train", interrupted)
+    result, rec = _tiny_run(
+        tiny_model_dir,
+        data_dir,
+        tmp_path,
+        "--target",
+        "Stephen King",
+        "--method",
+        "npo",
+        "--mode",
+        "full",
+        "--corpus",
+        "authors",
+        "--corpus-size",
+        "4",
+    )
+    assert result.exit_code != 0 and rec is None
+    saved = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert saved["run"]["status"] == "interrupted" and saved["after"] == {}
+    assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "interrupted"
+    assert not (tmp_path / "r" / "weights").exists() and not list((tmp_path / "r").glob(".weights*"))

@@ -704,6 +704,13 @@ def _run_once(
                 raise
             write_run_files(run_dir, cfg, corpora, retain, make_record("diverged", str(err), {}))
             raise TrainingError(f"{err}; run record in {run_dir}", report) from None
+        except KeyboardInterrupt:  # the trainer kept no weights and wrote status "interrupted"
+            timings["train"] = round(time.perf_counter() - t1, 1)
+            if run_dir is not None:
+                reason = "interrupted (Ctrl-C) during training; no weights were kept"
+                write_run_files(run_dir, cfg, corpora, retain, make_record("interrupted", reason, {}))
+                log(f"interrupted: no weights were kept; the run record in {run_dir} says so")
+            raise
         timings["train"] = round(time.perf_counter() - t1, 1)
         hyper.update({"training": report.to_dict()})
         lm.model = report.model
