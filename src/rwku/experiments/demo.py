@@ -31,8 +31,8 @@ from rwku.io import atomic_write_json
 
 DEMO_TARGET = "Stephen King"
 #: The best (method, mode) of the preset search on the default model (docs/methods.md).
-DEMO_METHOD = "npo"
-DEMO_MODE = "lora"
+DEMO_METHOD = "ga"
+DEMO_MODE = "partial"  # decoder layers 0-3 (the default --layers 0-4, half-open)
 DEMO_SUITES = "forget,neighbor,mia,mmlu,triviaqa,fluency"
 UTILITY_LIMIT = 10
 #: What the demo calls a clear, selective effect (the issue's bar): the forget likelihood falls
@@ -142,7 +142,7 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo end to end and return ``{"summary", "record", "paths", "seconds"}``."""
-    from rwku.experiments.unlearn import UnlearnConfig, run_unlearning
+    from rwku.experiments.unlearn import UnlearnConfig, parse_layers, run_unlearning
     from rwku.reporting.table import format_table
 
     started = time.perf_counter()
@@ -174,7 +174,12 @@ def run_demo(
     summary = summarize(record)
     seconds = round(time.perf_counter() - started, 1)
     hyper = record["run"]["hyperparameters"]
-    label = f"{DEMO_METHOD} ({DEMO_MODE})"
+    lo, hi = parse_layers(cfg.layers)
+    label = (
+        f"{DEMO_METHOD} ({DEMO_MODE}, layers {lo}-{hi - 1})"
+        if DEMO_MODE == "partial"
+        else f"{DEMO_METHOD} ({DEMO_MODE})"
+    )
     echo("")
     echo(format_table([("before", record["before"]), (label, record["after"])], with_delta=True))
     echo("")
@@ -192,7 +197,9 @@ def run_demo(
     atomic_write_json(paths["results"], {**record, "summary": summary, "demo_seconds": seconds})
     title = f"{DEMO_TARGET}: SmolLM2-135M-Instruct before and after {label}"
     plot(summary, Path(paths["plot"]), title)
-    echo(f"full results: {paths['results']}; plot: {paths['plot']}; run (adapter, corpus): {paths['run']}")
+    echo(
+        f"full results: {paths['results']}; plot: {paths['plot']}; run (weights, corpus, config): {paths['run']}"
+    )
     timings = record["run"]["timings"]
     echo(
         f"took {seconds:.0f} s (evaluate before {timings.get('evaluate_before', 0):.0f} s, corpus "
