@@ -1,5 +1,5 @@
 # rwku — every target sets up what it needs on a fresh machine.
-#   make demo   evaluate the default model on Stephen King and print the Table 1 row
+#   make demo   make the default model forget Stephen King; before/after table, numbers, plot
 #   make test   unit tests, then the bounded end-to-end tests on the real default model
 #   make bench  per-suite seconds and tokens/s of the full single-target evaluation
 
@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/rwku eval --target "Stephen King" --out results/demo.json
+	$(VENV)/bin/rwku demo --out-dir results/demo
 
 # The HTML report test renders report.html in headless Chromium (Debian's package). Best effort
 # here (a non-root developer gets a skipped test); .ci/run installs it strictly and requires it.

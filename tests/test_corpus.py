@@ -30,7 +30,7 @@ from rwku.data.corpus import (
     save_corpus,
 )
 from rwku.data.loader import HubData
-from rwku.errors import DataError
+from rwku.errors import ConfigError, DataError
 
 SK = Target(
     1, "Stephen King", 'Stephen King is a prolific American author, renowned as the "King of Horror".'
@@ -269,3 +269,39 @@ def test_missing_generation_files_raise_data_error(tmp_path):
         load_generation_resources(tmp_path)
     with pytest.raises(DataError, match="--data"):
         load_generation_resources(HubData())
+
+
+# ----------------------------------------------------------------------------- neighbour text
+
+
+def test_neighbor_prompts_cycle_names_and_openings(lm):
+    tok = lm.tokenizer
+    prompts = corpus_prompts(tok, SK, "neighbors", 4, openings=OPENINGS, neighbors=["It", "Carrie"])
+
+    def intro(name: str) -> str:
+        return tok.apply_chat_template(
+            [{"role": "user", "content": f"Please write a short introduction to {name}."}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+
+    assert prompts == [intro("It"), intro("Carrie") + "That game", intro("It") + "Oh w", intro("Carrie")]
+    with pytest.raises(ConfigError, match="neighbours"):
+        corpus_prompts(tok, SK, "neighbors", 2, openings=OPENINGS)
+
+
+def test_neighbor_corpus_is_passages_and_cached_per_name_list(lm, isolated_cache):
+    recs = gen(lm, "neighbors", 3, neighbors=["It"])
+    assert len(recs) == 3 and all(set(r) == {"text"} for r in recs)
+    assert [r["text"][: len(OPENINGS[i])] for i, r in enumerate(recs)] == OPENINGS
+    calls = []
+
+    def fake(*args, **kw):
+        calls.append(kw["neighbors"])
+        return [{"text": f"t{i}"} for i in range(kw["n"])]
+
+    common = dict(kind="neighbors", model_fingerprint="f" * 64, n=2, max_new_tokens=4, openings=OPENINGS)
+    a = get_or_generate(lm.model, lm.tokenizer, SK, neighbors=["It"], generate=fake, **common)
+    assert get_or_generate(lm.model, lm.tokenizer, SK, neighbors=["It"], generate=fake, **common) == a
+    get_or_generate(lm.model, lm.tokenizer, SK, neighbors=["Carrie"], generate=fake, **common)
+    assert calls == [["It"], ["Carrie"]]  # same names: cached; other names: a new corpus

@@ -140,23 +140,91 @@ def methods() -> None:
 
 
 def _unlearn_config(config: Path | None, **options):
+    """CLI options (None = not given) over the YAML file's, validated as one UnlearnConfig."""
     from rwku.experiments.unlearn import UnlearnConfig
 
     options = {k: v for k, v in options.items() if v is not None}
-    if "targets" in options and isinstance(options["targets"], str):
-        options["targets"] = [t.strip() for t in options["targets"].split(",") if t.strip()]
     if config is not None:
         return UnlearnConfig.from_yaml(config, **options)
     return UnlearnConfig.from_dict(options, source="options")
 
 
+def _method_options(pairs: list[str] | None) -> dict | None:
+    """``--option beta=0.1 --option alpha=1.5`` → {"beta": 0.1, "alpha": 1.5} (YAML-typed values)."""
+    import yaml
+
+    if not pairs:
+        return None
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option takes key=value (e.g. --option beta=0.1), got {pair!r}")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 TargetsOpt = Annotated[
     str | None,
-    typer.Option("--target", "-t", help="Target(s): a name, id, or a comma list for the batch setting."),
+    typer.Option(
+        "--target",
+        "-t",
+        help="Target(s): a name or id; a comma list or a range 1..10 for several targets.",
+    ),
 ]
 MethodOpt = Annotated[str | None, typer.Option(help="Method (see `rwku methods`).")]
 ModeOpt = Annotated[str | None, typer.Option(help="full, lora or partial.")]
+SettingOpt = Annotated[
+    str | None,
+    typer.Option(help="single (each target from the original model) or batch (all targets at once)."),
+]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with any of these options.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Alias, local dir, .gguf or hub id.")]
+CorpusOpt = Annotated[
+    str | None,
+    typer.Option(help="synthetic (made by the model), authors, or a corpus file / previous run folder."),
+]
+CorpusPresetOpt = Annotated[
+    str | None, typer.Option(help="Synthetic corpus sizes: cpu (32 x 128 tokens) or paper (582 x 512).")
+]
+CorpusSizeOpt = Annotated[int | None, typer.Option(min=1, help="Records in the forget corpus.")]
+CorpusTokensOpt = Annotated[int | None, typer.Option(min=1, help="New tokens per generated record.")]
+RetainOpt = Annotated[str | None, typer.Option(help="Retain text for graddiff/kl/rmu: generic or neighbor.")]
+RetainSizeOpt = Annotated[
+    int | None, typer.Option(min=1, help="Retain records (default: as many as forget).")
+]
+LayersOpt = Annotated[str | None, typer.Option(help="Partial mode: half-open layer range, e.g. 0-4.")]
+LrOpt = Annotated[float | None, typer.Option(min=0, help="Learning rate (default: the preset).")]
+EpochsOpt = Annotated[float | None, typer.Option(min=0, help="Epochs (default: the preset).")]
+BatchOpt = Annotated[int | None, typer.Option(min=1, help="Training batch size (default: the preset).")]
+AccumOpt = Annotated[int | None, typer.Option(min=1, help="Gradient accumulation steps.")]
+MaxLenOpt = Annotated[int | None, typer.Option(min=1, help="Training cutoff in tokens (paper: 512).")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed of corpus sampling, LoRA init and batch order.")]
+OptionOpt = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="Method option key=value, repeatable (e.g. beta=0.1, alpha=1.5)."),
+]
+RunDirOpt = Annotated[str | None, typer.Option(help="Where to save weights/adapter, corpus and config.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, mps ...")]
+DtypeOpt = Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: all cores).")]
+RemoteOpt = Annotated[bool, typer.Option(help="Allow model code from the checkpoint.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _exit_for(record: dict) -> None:
+    """A run a guard rail stopped is not a success: say why and exit 1."""
+    run = record["run"]
+    if run["status"] != "finished":
+        reasons = [run.get("reason")] + [r.get("reason") for r in (run.get("runs") or {}).values()]
+        reason = next((r for r in reasons if r), "")
+        typer.echo(
+            f"rwku: training stopped ({run['status']}): {reason}; record in {run['run_dir']}", err=True
+        )
+        raise typer.Exit(code=1)
 
 
 @app.command()
@@ -164,20 +232,30 @@ def unlearn(
     target: TargetsOpt = None,
     method: MethodOpt = None,
     mode: ModeOpt = None,
-    model: Annotated[str | None, typer.Option("--model", "-m")] = None,
+    setting: SettingOpt = None,
+    model: ModelOpt = None,
     data: DataOpt = None,
     config: ConfigOpt = None,
-    corpus: Annotated[str | None, typer.Option(help="synthetic (made by the model) or authors.")] = None,
-    corpus_size: Annotated[int | None, typer.Option(min=1)] = None,
-    layers: Annotated[str | None, typer.Option(help="Partial mode: half-open layer range, e.g. 0-4.")] = None,
-    lr: Annotated[float | None, typer.Option(min=0)] = None,
-    epochs: Annotated[float | None, typer.Option(min=0)] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    run_dir: Annotated[
-        str | None, typer.Option(help="Where to save weights/adapter, corpus and config.")
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    corpus: CorpusOpt = None,
+    corpus_preset: CorpusPresetOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+    corpus_tokens: CorpusTokensOpt = None,
+    retain: RetainOpt = None,
+    retain_size: RetainSizeOpt = None,
+    layers: LayersOpt = None,
+    lr: LrOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    grad_accum: AccumOpt = None,
+    max_length: MaxLenOpt = None,
+    seed: SeedOpt = None,
+    option: OptionOpt = None,
+    run_dir: RunDirOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+    trust_remote_code: RemoteOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Unlearn a target and save the result to a run directory (no evaluation)."""
     from rwku.experiments.unlearn import run_unlearning
@@ -188,21 +266,34 @@ def unlearn(
             targets=target,
             method=method,
             mode=mode,
+            setting=setting,
             model=model,
             data=data,
             corpus=corpus,
+            corpus_preset=corpus_preset,
             corpus_size=corpus_size,
+            corpus_tokens=corpus_tokens,
+            retain=retain,
+            retain_size=retain_size,
             layers=layers,
             lr=lr,
             epochs=epochs,
             batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_length=max_length,
             seed=seed,
+            method_options=_method_options(option),
             run_dir=run_dir,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            trust_remote_code=trust_remote_code or None,
             progress=False if quiet else None,
         )
         record = run_unlearning(cfg, evaluate_model=False, log=lambda m: typer.echo(m, err=True))
     except RwkuError as err:
         _fail(err)
+    _exit_for(record)
     typer.echo(f"run saved to {record['run']['run_dir']} (status: {record['run']['status']})")
 
 
@@ -211,23 +302,39 @@ def run_cmd(
     target: TargetsOpt = None,
     method: MethodOpt = None,
     mode: ModeOpt = None,
-    model: Annotated[str | None, typer.Option("--model", "-m")] = None,
+    setting: SettingOpt = None,
+    model: ModelOpt = None,
     data: DataOpt = None,
     config: ConfigOpt = None,
-    corpus: Annotated[str | None, typer.Option(help="synthetic (made by the model) or authors.")] = None,
-    corpus_size: Annotated[int | None, typer.Option(min=1)] = None,
-    layers: Annotated[str | None, typer.Option(help="Partial mode: half-open layer range, e.g. 0-4.")] = None,
-    lr: Annotated[float | None, typer.Option(min=0)] = None,
-    epochs: Annotated[float | None, typer.Option(min=0)] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
+    corpus: CorpusOpt = None,
+    corpus_preset: CorpusPresetOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+    corpus_tokens: CorpusTokensOpt = None,
+    retain: RetainOpt = None,
+    retain_size: RetainSizeOpt = None,
+    layers: LayersOpt = None,
+    lr: LrOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    grad_accum: AccumOpt = None,
+    max_length: MaxLenOpt = None,
+    seed: SeedOpt = None,
+    option: OptionOpt = None,
     suites: Annotated[str | None, typer.Option(help="Suites to evaluate before and after.")] = None,
-    limit: Annotated[int | None, typer.Option(min=0)] = None,
-    utility_limit: Annotated[int | None, typer.Option(min=0)] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache")] = False,
-    run_dir: Annotated[str | None, typer.Option()] = None,
+    limit: Annotated[int | None, typer.Option(min=0, help="Keep the first N items of every list.")] = None,
+    utility_limit: Annotated[int | None, typer.Option(min=0, help="The same, utility sets only.")] = None,
+    eval_batch_size: Annotated[int | None, typer.Option(min=1, help="Most rows per evaluation pass.")] = None,
+    stop_at_newline: Annotated[bool, typer.Option(help="Cut probe answers at the first newline.")] = False,
+    bbh_compat: Annotated[bool, typer.Option(help="Report BBH with the reference's bug.")] = False,
+    bbh_full_output: Annotated[bool, typer.Option(help="Decode BBH to 256 tokens.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate the original model afresh.")] = False,
+    run_dir: RunDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write {before, after, run} JSON here.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+    trust_remote_code: RemoteOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Unlearn, evaluate before and after, and print both rows with the deltas."""
     from rwku.experiments.unlearn import run_unlearning
@@ -235,45 +342,91 @@ def run_cmd(
     from rwku.reporting.table import format_table
 
     try:
-        if suites is not None:
-            from rwku.evaluation.runner import expand_suites
-
-            expand_suites(suites)
         cfg = _unlearn_config(
             config,
             targets=target,
             method=method,
             mode=mode,
+            setting=setting,
             model=model,
             data=data,
             corpus=corpus,
+            corpus_preset=corpus_preset,
             corpus_size=corpus_size,
+            corpus_tokens=corpus_tokens,
+            retain=retain,
+            retain_size=retain_size,
             layers=layers,
             lr=lr,
             epochs=epochs,
             batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_length=max_length,
             seed=seed,
+            method_options=_method_options(option),
             suites=suites,
             limit=limit,
             utility_limit=utility_limit,
+            eval_batch_size=eval_batch_size,
+            stop_at_newline=stop_at_newline or None,
+            bbh_compat=bbh_compat or None,
+            bbh_full_output=bbh_full_output or None,
             run_dir=run_dir,
+            out=str(out) if out is not None else None,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            trust_remote_code=trust_remote_code or None,
             progress=False if quiet else None,
             use_cache=False if no_cache else None,
         )
+        if cfg.out is not None and Path(cfg.out).is_dir():
+            raise ConfigError(f"--out {cfg.out} is a directory; give a file name such as run.json")
         record = run_unlearning(cfg, log=lambda m: typer.echo(m, err=True))
     except RwkuError as err:
         _fail(err)
     before, after = record["before"], record["after"]
-    if "scores" in before:
-        typer.echo(format_table([("before", before), (f"{cfg.method} ({cfg.mode})", after)], with_delta=True))
+    label = (
+        f"{record['run']['method']} ({cfg.mode})" if record["run"].get("mode") else record["run"]["method"]
+    )
+    if after and "scores" in before:
+        typer.echo(format_table([("before", before), (label, after)], with_delta=True))
     else:
-        for name in before:
+        for name in after:
             typer.echo(f"## {name}")
-            typer.echo(format_table([("before", before[name]), (cfg.method, after[name])], with_delta=True))
+            typer.echo(format_table([("before", before[name]), (label, after[name])], with_delta=True))
     typer.echo(f"run saved to {record['run']['run_dir']}", err=True)
-    if out is not None:
-        atomic_write_json(out, record)
-        typer.echo(f"results written to {out}", err=True)
+    if cfg.out is not None:
+        atomic_write_json(cfg.out, record)
+        typer.echo(f"results written to {cfg.out}", err=True)
+    _exit_for(record)
+
+
+@app.command()
+def demo(
+    data: DataOpt = None,
+    model: ModelOpt = None,
+    out_dir: Annotated[Path, typer.Option(help="Where the results JSON, plot and run go.")] = Path(
+        "results/demo"
+    ),
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
+    quiet: QuietOpt = False,
+) -> None:
+    """Unlearn Stephen King from the default model and show before/after (what `make demo` runs)."""
+    from rwku.experiments.demo import run_demo
+
+    try:
+        run_demo(
+            out_dir=out_dir,
+            data=data,
+            model=model,
+            threads=threads,
+            progress=not quiet,
+            log=lambda m: typer.echo(m, err=True),
+            echo=typer.echo,
+        )
+    except RwkuError as err:
+        _fail(err)
 
 
 def run_evaluation(

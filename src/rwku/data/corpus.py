@@ -18,6 +18,11 @@ authors' ``generation/pair_generation.py`` and ``generation/question_generation.
   which the model may end its turn at once; such a record is the bare opening. The reference
   keeps them (11 of the authors' 582 Stephen King pairs are a bare opening on both sides), and
   so does this module.
+* ``"neighbors"`` (retain text for GradDiff, KL, RMU; beyond the paper, which has no retain
+  term): the same sampling as ``"passages"``, no system turn, user "Please write a short
+  introduction to {neighbor}." for neighbour *i* mod the number of neighbours given, opening
+  *i* prepended. The model writes about what the target's neighbours are, so a retain loss on
+  this text protects the model's own view of them without ever seeing an evaluation answer.
 * ``"refusals"`` (RT): questions sampled from the user text "{intro}\\nPlease generate a
   question about {target} based on what you know about {target}\\n" with the assistant turn
   started by "Question:", cut to the first line; answer *i* is refusal line *i* mod 100 of
@@ -94,8 +99,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-GENERATED_KINDS: tuple[str, ...] = ("passages", "pairs", "refusals")
-"""Corpora :func:`generate_corpus` writes: GA/NPO text, DPO pairs, RT refusal data."""
+GENERATED_KINDS: tuple[str, ...] = ("passages", "pairs", "refusals", "neighbors")
+"""Corpora :func:`generate_corpus` writes: GA/NPO text, DPO pairs, RT refusal data, and
+passages about the target's neighbours (retain text)."""
 
 AUTHORS_KINDS: tuple[str, ...] = ("passages", "wiki_passages", "pairs", "refusals")
 """Corpora :func:`authors_corpus` reads; ``wiki_passages`` is the Wikipedia text GA* trains on."""
@@ -112,6 +118,7 @@ PAPER_SIZES: dict[str, CorpusSize] = {
     "passages": CorpusSize(582, 512),
     "pairs": CorpusSize(582, 512),
     "refusals": CorpusSize(300, 50),
+    "neighbors": CorpusSize(582, 512),
 }
 """The paper's sizes: one passage/pair per opening of up to 512 tokens, 300 questions of ≤ 50."""
 
@@ -119,6 +126,7 @@ CPU_SIZES: dict[str, CorpusSize] = {
     "passages": CorpusSize(32, 128),
     "pairs": CorpusSize(32, 128),
     "refusals": CorpusSize(48, 50),
+    "neighbors": CorpusSize(32, 128),
 }
 """Defaults small enough for a CPU. Cost is one decoding step per token per batch of 16:
 refusals 3 × 50 steps, passages 2 × 128, pairs 4 × 128 (two generations per pair). With
@@ -143,6 +151,7 @@ FACTUAL_USER = "Please write a short biography of {target}."
 COUNTERFACTUAL_SYSTEM = "{intro} You don't know {target} at all."
 COUNTERFACTUAL_USER = "Please make up a short biography of {target}."
 PAIR_PROMPT = "{intro} Please write a short biography of {target}."
+NEIGHBOR_USER = "Please write a short introduction to {neighbor}."
 QUESTION_USER = "{intro}\nPlease generate a question about {target} based on what you know about {target}\n"
 QUESTION_ASSISTANT_START = "Question:"
 
@@ -368,12 +377,14 @@ def corpus_prompts(
     n: int,
     *,
     openings: Sequence[str] | None = None,
+    neighbors: Sequence[str] | None = None,
 ) -> list[str]:
     """The exact model inputs :func:`generate_corpus` samples, in order.
 
     passages: the factual prompt of openings 0..n-1; pairs: factual and counterfactual
     interleaved (2n prompts, as the reference orders them); refusals: n copies of the question
-    prompt. Exposed so that prompt text can be inspected and tested without a model.
+    prompt; neighbors: the introduction prompt of neighbour i mod len(neighbors) with opening
+    i. Exposed so that prompt text can be inspected and tested without a model.
     """
     _check_kind(kind, GENERATED_KINDS)
     name, intro = target.name, target.intro
@@ -383,6 +394,14 @@ def corpus_prompts(
         return [prompt + QUESTION_ASSISTANT_START] * n
     if not openings:
         raise ConfigError(f"generating {kind} needs the assistant-turn openings ({OPENINGS_FILE})")
+    if kind == "neighbors":
+        if not neighbors:
+            raise ConfigError("generating neighbors needs the names of the target's neighbours")
+        return [
+            _chat(tokenizer, None, NEIGHBOR_USER.format(neighbor=neighbors[i % len(neighbors)]), with_system)
+            + _opening(openings, i)
+            for i in range(n)
+        ]
     factual = _chat(
         tokenizer,
         FACTUAL_SYSTEM.format(intro=intro, target=name),
@@ -511,15 +530,17 @@ def generate_corpus(
     seed: int = 0,
     openings: Sequence[str] | None = None,
     refusals: Sequence[str] | None = None,
+    neighbors: Sequence[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
     temperature: float = DEFAULT_TEMPERATURE,
     top_p: float = DEFAULT_TOP_P,
 ) -> list[dict[str, str]]:
-    """Sample a forget corpus of ``kind`` ("passages", "pairs" or "refusals") from ``model``.
+    """Sample a corpus of ``kind`` ("passages", "pairs", "refusals" or "neighbors") from ``model``.
 
     ``n`` and ``max_new_tokens`` default to :data:`CPU_SIZES` (use :data:`PAPER_SIZES` for the
-    paper's 582 × 512 / 300 × 50). ``openings`` (passages, pairs) and ``refusals`` (refusals)
+    paper's 582 × 512 / 300 × 50). ``neighbors`` (the neighbour names) is needed for
+    "neighbors". ``openings`` (passages, pairs, neighbors) and ``refusals`` (refusals)
     default to the generation files of the default data source (``$RWKU_DATA``); pass
     :func:`load_generation_resources` output to choose. See the module docstring for the exact
     prompts and sampling. The model's weights are not changed; the caller's RNG state is kept.
@@ -536,7 +557,7 @@ def generate_corpus(
         raise ConfigError(f"generating refusals needs the refusal lines ({REFUSALS_FILE})")
     if size.n == 0:
         return []
-    prompts = corpus_prompts(tokenizer, target, kind, size.n, openings=openings)
+    prompts = corpus_prompts(tokenizer, target, kind, size.n, openings=openings, neighbors=neighbors)
     texts = _sample(
         model,
         tokenizer,
@@ -556,7 +577,7 @@ def generate_corpus(
             for i, q in enumerate(texts)
         ]
     assert openings is not None
-    if kind == "passages":
+    if kind in ("passages", "neighbors"):
         return [{"text": _opening(openings, i) + t} for i, t in enumerate(texts)]
     prompt = PAIR_PROMPT.format(intro=target.intro, target=target.name)
     return [
@@ -716,6 +737,7 @@ def get_or_generate(
     seed: int = 0,
     openings: Sequence[str] | None = None,
     refusals: Sequence[str] | None = None,
+    neighbors: Sequence[str] | None = None,
     batch_size: int = 16,
     progress: bool = True,
     temperature: float = DEFAULT_TEMPERATURE,
@@ -739,6 +761,8 @@ def get_or_generate(
     else:
         openings = list(openings) if openings is not None else _default_resources(kind).openings
         used = {"openings": _digest(openings)}
+        if kind == "neighbors":
+            used["neighbors"] = list(neighbors or [])
     settings = {
         "temperature": temperature,
         "top_p": top_p,
@@ -792,6 +816,7 @@ def get_or_generate(
         progress=progress,
         temperature=temperature,
         top_p=top_p,
+        **({"neighbors": neighbors} if kind == "neighbors" else {}),
     )
     meta = {
         "key": key,

@@ -81,6 +81,7 @@ class RepresentationEngineering(UnlearningMethod):
     def install(self, model, tokenizer, target) -> Callable[[], None]:
         """Register hooks adding α·v_ℓ to the steered layers' outputs; return the undo function."""
         vectors = control_vectors(model, tokenizer, target)
+        self.vectors = vectors  # kept so a run can save what it added (run_dir/control_vectors.safetensors)
         alpha = float(self.option("alpha"))
         layers = decoder_layers(model)
         handles = []

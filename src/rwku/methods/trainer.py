@@ -91,7 +91,12 @@ WEIGHTS_DIR = "weights"
 
 
 class TrainingError(RwkuError):
-    """Training stopped because it went wrong (NaN/inf loss); ``report`` says how far it got."""
+    """Training stopped because it went wrong (NaN/inf loss); ``report`` says how far it got.
+
+    Exit code 1 on the command line, like a collapsed run: the input was valid, the run failed.
+    """
+
+    exit_code = 1
 
     def __init__(self, message: str, report: TrainReport | None = None) -> None:
         super().__init__(message)
