@@ -62,7 +62,7 @@ GRID_KEYS = (
     "save_runs",
 )
 #: UnlearnConfig fields a cell sets itself, so they may not appear at the top level.
-CELL_FIELDS = ("targets", "method", "mode", "method_options", "run_dir", "progress", "seed")
+CELL_FIELDS = ("targets", "setting", "method", "mode", "method_options", "run_dir", "progress", "seed")
 #: Options that change speed or location but never a number: left out of the cell id.
 UNHASHED = ("data", "device", "threads", "eval_batch_size", "use_cache")
 #: UnlearnConfig fields a method entry may fix or grid over (besides the method's own options).
@@ -162,6 +162,7 @@ class Cell:
             mode=self.mode or "lora",  # ignored by inference-time methods
             method_options=dict(self.options),
             seed=self.seed,
+            setting=self.setting,  # batch: the k targets at once; single: one target
         )
         values.update({k: v for k, v in runtime.items() if v is not None})
         return UnlearnConfig.from_dict(values, source=f"cell {self.id}")
