@@ -367,7 +367,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-neighbor-ratio", type=float, default=0.5)
-    parser.add_argument("--min-fluency", type=float, default=0.85)
+    parser.add_argument("--min-fluency", type=float, default=0.6)
     parser.add_argument("--report", action="store_true", help="print the table from --out and exit")
     args = parser.parse_args()
 
