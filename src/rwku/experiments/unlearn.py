@@ -56,7 +56,11 @@ SMALL_MODEL_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
     ("ga", "full"): {"lr": 3e-5, "epochs": 2, "batch_size": 4},  # searched
     ("npo", "full"): {"lr": 3e-5, "epochs": 2, "batch_size": 4},  # searched
     ("dpo", "full"): {"lr": 3e-5, "epochs": 2, "batch_size": 4},  # as npo/full
-    ("rt", "full"): {"lr": 1e-4, "epochs": 2, "batch_size": 8},  # not searched (time): as rt/lora scaled like npo
+    ("rt", "full"): {
+        "lr": 1e-4,
+        "epochs": 2,
+        "batch_size": 8,
+    },  # not searched (time): as rt/lora scaled like npo
     ("ga_star", "full"): {"lr": 3e-5, "epochs": 2, "batch_size": 4},  # as ga/full
     ("simnpo", "full"): {"lr": 3e-5, "epochs": 2, "batch_size": 4},  # as npo/full
     ("graddiff", "full"): {"lr": 3e-5, "epochs": 2, "batch_size": 4},  # as ga/full
