@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,3 +125,46 @@ def test_token_stats_match_a_plain_forward_pass(tiny_lm):
         assert st.token_logprobs.tolist() == pytest.approx(want.tolist(), abs=1e-4)
         mu = (logp.exp() * logp).sum(-1)
         assert st.mu.tolist() == pytest.approx(mu.tolist(), abs=1e-4)
+
+
+def _hold_lock(root: str, key: str, ready, release) -> None:
+    """In another process: hold the cache lock on ``key`` until told, then write the entry."""
+    from rwku.evaluation.cache import ResultCache
+
+    cache = ResultCache(Path(root))
+    with cache.lock(key):
+        ready.set()
+        release.wait(10)
+        cache.put(key, {"written_by": "the other process"})
+
+
+def test_cache_lock_makes_a_second_process_wait_and_read_the_entry(tmp_path):
+    """Two sweep shards on one target: the second waits for the first's entry, never recomputes."""
+    import multiprocessing as mp
+    import threading
+    import time
+
+    from rwku.evaluation.cache import ResultCache
+
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    key = ResultCache.key(model="m", target="t", suite="forget")
+    other = ctx.Process(target=_hold_lock, args=(str(tmp_path), key, ready, release))
+    other.start()
+    assert ready.wait(60), "the other process never took the lock"
+    cache = ResultCache(tmp_path)
+    seen: list = []
+
+    def reader() -> None:
+        with cache.lock(key):
+            seen.append(cache.get(key))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    time.sleep(0.5)
+    assert thread.is_alive() and seen == []  # blocked while the other process holds the lock
+    release.set()
+    thread.join(30)
+    other.join(30)
+    assert seen == [{"written_by": "the other process"}]
+    assert ResultCache(tmp_path, enabled=False).get(key) is None  # a disabled cache reads nothing

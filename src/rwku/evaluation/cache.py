@@ -3,6 +3,10 @@
 Key = (model fingerprint, target, suite, protocol, evaluation options, data fingerprint).
 The original model of a study is then evaluated once, however many methods are compared
 against it. A model without a fingerprint (e.g. weights changed in memory) is never cached.
+
+Several processes may want the same entry at once (the shards of a sweep start on the same
+target together): :meth:`ResultCache.lock` serialises them on a lock file beside the entry,
+so the second one waits and then reads what the first wrote instead of computing it again.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from platformdirs import user_cache_dir
@@ -41,3 +47,26 @@ class ResultCache:
 
     def put(self, key: str, value: dict) -> None:
         atomic_write_json(self.root / f"{key}.json", value)
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold an exclusive lock on ``key`` across processes (flock; a no-op where unavailable).
+
+        Used as ``with cache.lock(key): hit = cache.get(key) ...compute and put``; the lock is
+        released when the process dies, so a killed run never blocks the next one.
+        """
+        if not self.enabled:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no cross-process lock, at worst a duplicate computation
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{key}.lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)

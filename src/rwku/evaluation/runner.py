@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import replace
 
 from rwku import PROTOCOL
@@ -90,23 +91,28 @@ def evaluate(
                 config=cfg.key(),
                 data=data_fp,
             )
-            hit = cache.get(key)
+        # another process computing the same entry (a parallel sweep shard) is waited for
+        with cache.lock(key) if key is not None else nullcontext():
+            hit = cache.get(key) if key is not None else None
             if hit is not None:
                 results[part] = SuiteResult(scores=hit["scores"], items=hit["items"])
                 timings[part] = hit["seconds"]
                 cached.append(part)
-                if on_part:
-                    on_part(part, hit["seconds"], True)
-                continue
-        start = time.perf_counter()
-        results[part] = PARTS[part](lm, data, cfg)
-        timings[part] = round(time.perf_counter() - start, 3)
-        if key is not None:
-            cache.put(
-                key, {"scores": results[part].scores, "items": results[part].items, "seconds": timings[part]}
-            )
+            else:
+                start = time.perf_counter()
+                results[part] = PARTS[part](lm, data, cfg)
+                timings[part] = round(time.perf_counter() - start, 3)
+                if key is not None:
+                    cache.put(
+                        key,
+                        {
+                            "scores": results[part].scores,
+                            "items": results[part].items,
+                            "seconds": timings[part],
+                        },
+                    )
         if on_part:
-            on_part(part, timings[part], False)
+            on_part(part, timings[part], hit is not None)
     return assemble(lm, data, results, timings, cached, cfg)
 
 
