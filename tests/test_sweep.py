@@ -116,6 +116,9 @@ def test_grid_expands_every_axis_in_order():
         ("Stephen King", "Confucius"),
         ("Stephen King", "Confucius", "Bruce Lee"),
     }
+    # a batch cell unlearns its k targets together; a single cell its one target
+    assert {c.unlearn_config().setting for c in batches} == {"batch"}
+    assert first.unlearn_config().setting == "single"
     ga = [c for c in plan.cells if c.method == "ga"]
     assert {c.params["layers"] for c in ga} == {"0-4", "4-8"}
     assert len({c.id for c in plan.cells}) == len(plan.cells)
