@@ -1,9 +1,14 @@
 """The evaluation engine's speed machinery changes no result: shared prefixes (two levels),
 ragged speculative decoding, scoring from the generation pass, and the fallback path all give
-what a plain, unbatched transformers run gives."""
+what a plain, unbatched transformers run gives.
+
+``RWKU_TEST_DEVICE=cuda`` runs the model-level tests on a GPU (the row-attention path then
+takes its written-out attention instead of the CPU flash kernel); the default is the CPU.
+"""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -19,12 +24,13 @@ from rwku.models.resolve import load_model, resolve_model
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny_model_dir):
-    loaded = load_model(resolve_model(str(tiny_model_dir)))
+    device = os.environ.get("RWKU_TEST_DEVICE", "cpu")
+    loaded = load_model(resolve_model(str(tiny_model_dir)), device=device)
     return HFLanguageModel(loaded.model, loaded.tokenizer, loaded.info, batch_size=4, progress=False)
 
 
 def _plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
-    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.model.device)
     out = lm.model.generate(
         ids,
         attention_mask=torch.ones_like(ids),
@@ -38,7 +44,7 @@ def _plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
 
 
 def _plain_logprobs(lm: HFLanguageModel, context: str, continuation: str) -> list[float]:
-    ids = lm.tokenizer(context + continuation, return_tensors="pt").input_ids
+    ids = lm.tokenizer(context + continuation, return_tensors="pt").input_ids.to(lm.model.device)
     n_ctx = len(lm.tokenizer(context).input_ids)
     logp = torch.log_softmax(lm.model(ids).logits[0].float(), -1)
     return [logp[i - 1, ids[0, i]].item() for i in range(n_ctx, ids.shape[1])]

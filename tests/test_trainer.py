@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -68,14 +69,20 @@ def _one_thread():
 
 @pytest.fixture()
 def lm(tiny_model_dir):
-    """A fresh copy of the tiny model for every test: training changes it in place."""
+    """A fresh copy of the tiny model for every test: training changes it in place
+    (``RWKU_TEST_DEVICE=cuda`` puts it on a GPU)."""
     from rwku.models.resolve import load_model
 
-    return load_model(str(tiny_model_dir))
+    return load_model(str(tiny_model_dir), device=os.environ.get("RWKU_TEST_DEVICE", "cpu"))
+
+
+def on_device(batch: dict, model) -> dict:
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def forget_nll(model, tokenizer) -> float:
-    batch = build_batch("passages", PASSAGES, tokenizer, max_length=32)
+    batch = on_device(build_batch("passages", PASSAGES, tokenizer, max_length=32), model)
     with torch.no_grad():
         return token_nll_mean(forward_logits(model, batch), batch["labels"]).item()
 
@@ -166,7 +173,7 @@ def test_lora_changes_only_adapter_weights_and_saves_only_the_adapter(lm, tmp_pa
     peft_model = report.model
     base = peft_model.get_base_model()
     after = {n.replace(".base_layer", ""): p for n, p in base.named_parameters()}
-    changed = [n for n, p in after.items() if n not in before or not torch.equal(before[n], p.detach())]
+    changed = [n for n, p in after.items() if n not in before or not torch.equal(before[n], p.detach().cpu())]
     assert changed and all(".lora_A." in n or ".lora_B." in n for n in changed)
     assert all(n in changed for n in after if ".lora_B." in n)  # B starts at zero and must move
     assert set(before) <= set(after)  # every base weight still there, bit-identical
@@ -175,7 +182,7 @@ def test_lora_changes_only_adapter_weights_and_saves_only_the_adapter(lm, tmp_pa
     assert (weights / "adapter_config.json").is_file() and (weights / "adapter_model.safetensors").is_file()
     assert not (weights / "model.safetensors").exists()
 
-    ids = build_batch("passages", PASSAGES[:1], lm.tokenizer, max_length=32)
+    ids = on_device(build_batch("passages", PASSAGES[:1], lm.tokenizer, max_length=32), peft_model)
     with torch.no_grad():
         trained = forward_logits(peft_model, ids)
         merged = forward_logits(merge_lora(peft_model), ids)  # a merged copy ...
@@ -185,7 +192,7 @@ def test_lora_changes_only_adapter_weights_and_saves_only_the_adapter(lm, tmp_pa
 
     from rwku.models.resolve import load_model
 
-    reloaded = load_trained(weights, load_model(lm.info["path"]).model)
+    reloaded = load_trained(weights, load_model(lm.info["path"], device=ids["input_ids"].device).model)
     with torch.no_grad():
         torch.testing.assert_close(forward_logits(reloaded, ids), trained)
 
