@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from helpers import plain_greedy
 from rwku.models import hf as hf_module
 from rwku.models.backend import GenerationRequest, ScoreRequest, generate_with_scores
 from rwku.models.drafting import PromptLookup
@@ -27,20 +28,6 @@ def tiny_lm(tiny_model_dir):
     device = os.environ.get("RWKU_TEST_DEVICE", "cpu")
     loaded = load_model(resolve_model(str(tiny_model_dir)), device=device)
     return HFLanguageModel(loaded.model, loaded.tokenizer, loaded.info, batch_size=4, progress=False)
-
-
-def _plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
-    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.model.device)
-    out = lm.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new,
-        do_sample=False,
-        eos_token_id=lm.tokenizer.eos_token_id,
-        pad_token_id=lm.pad_id,
-    )
-    full = lm.tokenizer.decode(out[0], skip_special_tokens=True)
-    return full[len(lm.tokenizer.decode(ids[0], skip_special_tokens=True)) :]
 
 
 def _plain_logprobs(lm: HFLanguageModel, context: str, continuation: str) -> list[float]:
@@ -68,7 +55,7 @@ def test_two_level_prefixes_generate_what_plain_generate_does(tiny_lm):
     assert len(root) >= hf_module.MIN_SHARED_PREFIX  # the shared instruction is run once
     assert len({r.prefix for r in rows}) == 3 and all(len(r.prefix) > len(root) for r in rows)
     got = tiny_lm.generate(reqs, stop_token_ids=[])
-    assert got == [_plain_greedy(tiny_lm, r.prompt, r.max_new_tokens) for r in reqs]
+    assert got == [plain_greedy(tiny_lm, r.prompt, r.max_new_tokens) for r in reqs]
 
 
 def test_two_level_prefixes_score_what_a_plain_forward_does(tiny_lm):
@@ -106,7 +93,7 @@ def test_speculative_decoding_changes_no_output(tiny_lm, monkeypatch):
     fast = tiny_lm.generate(reqs, stop_token_ids=[])
     monkeypatch.setattr(tiny_lm, "speculative", False)
     plain = tiny_lm.generate(reqs, stop_token_ids=[])
-    assert fast == plain == [_plain_greedy(tiny_lm, p, 24) for p in prompts]
+    assert fast == plain == [plain_greedy(tiny_lm, p, 24) for p in prompts]
 
 
 def test_fallback_path_gives_the_same_results(tiny_lm, monkeypatch):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import plain_greedy
 from rwku.cli import run_evaluation
 from rwku.evaluation.config import EvalConfig
 from rwku.evaluation.runner import expand_suites
@@ -71,26 +72,12 @@ def test_cache_returns_identical_scores(tiny_model_dir, data_dir, isolated_cache
     assert fresh["cached_suites"] == []
 
 
-def _plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
-    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids
-    out = lm.model.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new,
-        do_sample=False,
-        eos_token_id=lm.tokenizer.eos_token_id,
-        pad_token_id=lm.pad_id,
-    )
-    full = lm.tokenizer.decode(out[0], skip_special_tokens=True)
-    return full[len(lm.tokenizer.decode(ids[0], skip_special_tokens=True)) :]
-
-
 def test_batched_shared_prefix_generation_matches_plain_generate(tiny_lm):
     head = tiny_lm.chat_prompt("The same long shared instruction for every question. " * 4)
     prompts = [head + tail for tail in ["Q: one", "Q: a longer second question here", "Q: 3", "x"]]
     reqs = [GenerationRequest(p, 12, group="g") for p in prompts] + [GenerationRequest("solo prompt", 7)]
     got = tiny_lm.generate(reqs, stop_token_ids=[])
-    want = [_plain_greedy(tiny_lm, r.prompt, r.max_new_tokens) for r in reqs]
+    want = [plain_greedy(tiny_lm, r.prompt, r.max_new_tokens) for r in reqs]
     assert got == want
 
 

@@ -1,0 +1,22 @@
+"""Reference computations the engine tests compare against: plain, unbatched transformers."""
+
+from __future__ import annotations
+
+import torch
+
+from rwku.models.hf import HFLanguageModel
+
+
+def plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
+    """Greedy continuation of ``prompt`` by ``model.generate`` on one unpadded row."""
+    ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.model.device)
+    out = lm.model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new,
+        do_sample=False,
+        eos_token_id=lm.tokenizer.eos_token_id,
+        pad_token_id=lm.pad_id,
+    )
+    full = lm.tokenizer.decode(out[0], skip_special_tokens=True)
+    return full[len(lm.tokenizer.decode(ids[0], skip_special_tokens=True)) :]
