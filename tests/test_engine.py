@@ -96,6 +96,64 @@ def test_speculative_decoding_changes_no_output(tiny_lm, monkeypatch):
     assert fast == plain == [plain_greedy(tiny_lm, p, 24) for p in prompts]
 
 
+def test_chunked_prompt_passes_generate_and_score_what_plain_runs_do(tiny_lm, monkeypatch):
+    """A batch whose prompts differ a lot in length runs them in several passes and merges the
+    caches; outputs and the gold answers' likelihoods must be what plain runs give."""
+    reqs = _grouped_prompts(tiny_lm)[:3] + [
+        GenerationRequest(tiny_lm.chat_prompt("short"), 12),
+        GenerationRequest(tiny_lm.chat_prompt("a far longer prompt, " * 30), 12),
+        GenerationRequest(tiny_lm.chat_prompt("medium length prompt " * 6), 12),
+    ]
+    conts = [" yes", None, " a longer gold answer", " no", " Stephen King", None]
+    passes = []
+    original = HFLanguageModel._prefill
+
+    def counting(self, batch, *args, **kwargs):
+        passes.append(len(batch))
+        return original(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(HFLanguageModel, "_prefill", counting)
+    monkeypatch.setattr(tiny_lm, "batch_size", 8)
+    monkeypatch.setattr(tiny_lm, "workers", 1)
+    got = tiny_lm.generate_scored(reqs, stop_token_ids=[], continuations=conts)
+    assert len(passes) >= 2 and sum(passes) == len(reqs)  # one batch, several prompt passes
+    assert [text for text, _ in got] == [
+        plain_greedy(tiny_lm, r.prompt, 12 if i >= 3 else r.max_new_tokens) for i, r in enumerate(reqs)
+    ]
+    for (_, score), req, cont in zip(got, reqs, conts):
+        if cont is None:
+            assert score is None
+        else:
+            assert score.token_logprobs == pytest.approx(_plain_logprobs(tiny_lm, req.prompt, cont), abs=1e-4)
+
+
+def test_idle_worker_takes_over_rows_and_changes_no_output(tiny_lm, monkeypatch):
+    """Two workers, one batch of short and one of long outputs: the worker that finishes first
+    must get rows of the other's batch (their cache rows copied), with every output unchanged."""
+    prompts = [tiny_lm.chat_prompt(f"prompt number {i} " * (1 + i % 3)) for i in range(8)]
+    reqs = [GenerationRequest(p, 48 if i % 2 else 2) for i, p in enumerate(prompts)]
+    copies = []
+    original = RowKV.copy_rows
+
+    def counting(self, rows):
+        copies.append(len(rows))
+        return original(self, rows)
+
+    monkeypatch.setattr(RowKV, "copy_rows", counting)
+    monkeypatch.setattr(tiny_lm, "batch_size", 4)
+    monkeypatch.setattr(tiny_lm, "workers", 2)
+    monkeypatch.setattr(tiny_lm, "speculative", False)
+    # Plan one batch of the long outputs and one of the short ones.
+    monkeypatch.setattr(
+        HFLanguageModel,
+        "_plan",
+        lambda self, rows, extra=0, parts=1, max_rows=None: [rows[1::2], rows[0::2]],
+    )
+    got = tiny_lm.generate(reqs, stop_token_ids=[])
+    assert copies, "the idle worker was never given rows"
+    assert got == [plain_greedy(tiny_lm, r.prompt, r.max_new_tokens) for r in reqs]
+
+
 def test_fallback_path_gives_the_same_results(tiny_lm, monkeypatch):
     reqs = _grouped_prompts(tiny_lm)[:4]
     fast = tiny_lm.generate(reqs, stop_token_ids=[])

@@ -13,8 +13,14 @@ decoding that is bound by memory traffic. This engine:
   read once per step for all rows that use it (:mod:`rwku.models.kvcache`);
 * **sorts by length** and chooses batches with a cost model (dynamic programming over
   length-sorted rows), so little is padding;
+* **runs a generation batch's prompts in length-sorted chunks** and merges their caches, so a
+  batch decodes together (one weight read per step for all rows) without padding every prompt
+  to the longest;
 * **stops each sequence when it is done** (a stop token, its own token budget, or a rule such
   as "BBH's answer regex has matched") and drops it from the batch;
+* **shares work between its threads**: a worker with nothing left takes over half of the live
+  rows of a batch that another worker is still decoding (output lengths are unknown when
+  batches are planned);
 * **decodes speculatively from the prompt** (:mod:`rwku.models.drafting`): when the last tokens
   occurred before, the tokens that followed them are checked in the same forward pass, and
   exactly the greedy tokens are kept. A cost model decides per step how far to look ahead;
@@ -35,7 +41,7 @@ import contextlib
 import math
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -62,6 +68,9 @@ CALL_MS = 30.0
 DECODE_STEP_MS = 60.0
 DECODE_ROW_MS = 1.5
 DECODE_CONTEXT_MS = 0.0022
+#: A decoding worker shares its rows with an idle one only while some row may still take at
+#: least this many tokens (copying the rows' cache must be paid back).
+MIN_SHARED_STEPS = 16
 #: Speculative decoding: most draft tokens checked per row and step.
 MAX_DRAFT = 10
 #: A pass over this few tokens costs about what a pass over one does (its matrix products
@@ -70,12 +79,18 @@ MAX_DRAFT = 10
 FREE_TOKENS = 8
 
 
-def _cost(rows: int, prefix: int, suffix: int, steps: int = 0, prefixes: int = 1) -> float:
+def _cost(
+    rows: int, prefix: int, suffix: int, steps: int = 0, prefixes: int = 1, tokens: int | None = None
+) -> float:
     """Estimated milliseconds of a batch: one padded forward over the suffixes, then ``steps``
     decode steps. Every row is padded to the batch's longest suffix; each distinct prefix is
-    read once per step."""
+    read once per step. A generation batch (``steps`` > 0) runs its prompts in length-sorted
+    chunks (:meth:`HFLanguageModel._prefill_merged`): with ``tokens`` (its rows' suffix tokens)
+    its prefill costs about those tokens and a second call, not the padded rectangle."""
     context = prefix + suffix
-    prefill = CALL_MS + rows * suffix * PREFILL_MS_PER_TOKEN * (1 + context / PREFILL_CONTEXT_SCALE)
+    padded = rows * suffix if tokens is None or steps == 0 else min(rows * suffix, tokens)
+    calls = 1 if padded == rows * suffix else 2
+    prefill = calls * CALL_MS + padded * PREFILL_MS_PER_TOKEN * (1 + context / PREFILL_CONTEXT_SCALE)
     per_step = (
         DECODE_STEP_MS
         + rows * (DECODE_ROW_MS + DECODE_CONTEXT_MS * (suffix + steps / 2))
@@ -209,6 +224,69 @@ class _Prefixes:
                 self.kv.pop(key, None)
 
 
+class _Helpers:
+    """Decoding work handed between the worker threads of one call (work sharing).
+
+    Output lengths are unknown when batches are planned, so one worker may still be decoding
+    its longest outputs while the other has nothing left. A worker without work waits here; a
+    worker that is decoding gives half of its live rows (with their cache rows) to a waiting
+    one, so both cores decode until the end. Every task is given to a worker that is already
+    waiting for one (``waiting`` counts them), so none is left behind in the queue.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.cond = threading.Condition()
+        self.tasks: deque[tuple[Callable[[], None], threading.Event]] = deque()
+        self.waiting = 0
+        self.busy = workers
+
+    def wanted(self) -> bool:
+        """Whether a worker waits for work (read without the lock: a hint, rechecked by give)."""
+        return self.waiting > len(self.tasks)
+
+    def give(self, task: Callable[[], None]) -> threading.Event | None:
+        """Queue ``task`` for a waiting worker; the event is set when it has run (or failed)."""
+        with self.cond:
+            if self.waiting <= len(self.tasks):
+                return None
+            done = threading.Event()
+            self.tasks.append((task, done))
+            self.cond.notify_all()
+            return done
+
+    def wait(self, until: Callable[[], bool], final: bool = False) -> None:
+        """Run given tasks until ``until()`` holds; ``final``: the caller then has no work left."""
+        with self.cond:
+            self.busy -= 1
+            self.waiting += 1
+            self.cond.notify_all()
+            try:
+                while not until():
+                    if not self.tasks:
+                        self.cond.wait()
+                        continue
+                    task, done = self.tasks.popleft()
+                    self.waiting -= 1
+                    self.busy += 1
+                    self.cond.release()
+                    try:
+                        task()
+                    finally:
+                        self.cond.acquire()
+                        self.busy -= 1
+                        self.waiting += 1
+                        done.set()
+                        self.cond.notify_all()
+            finally:
+                self.waiting -= 1
+                if not final:
+                    self.busy += 1
+
+    def finished(self) -> bool:
+        """Nothing runs and nothing is queued (call with the lock held, as ``wait`` does)."""
+        return self.busy == 0 and not self.tasks
+
+
 class HFLanguageModel:
     """A transformers causal LM with the tokenizer set up as the reference sets it."""
 
@@ -244,6 +322,7 @@ class HFLanguageModel:
         self.progress = progress
         self._count_lock = threading.Lock()
         self._timer = _StepTimer()
+        self._helpers: _Helpers | None = None  # set while batches run on worker threads
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = tokenizer.pad_token_id
@@ -328,6 +407,7 @@ class HFLanguageModel:
             max(r.suffix_len for r in batch),
             extra,
             len({r.prefix for r in batch if r.prefix_len}),
+            sum(r.suffix_len for r in batch),
         )
 
     def _cut(self, ordered: list[_Row], extra: int, limit: int) -> list[list[_Row]]:
@@ -340,20 +420,25 @@ class HFLanguageModel:
         best = [0.0] + [math.inf] * n
         cut_at = [0] * (n + 1)
         for j in range(1, n + 1):
-            suffix = prefix = 0
+            suffix = prefix = tokens = 0
             keys: set = set()
             for i in range(j - 1, max(-1, j - 1 - limit), -1):
                 row = ordered[i]
                 suffix = max(suffix, row.suffix_len)
                 prefix = max(prefix, row.prefix_len)
+                tokens += row.suffix_len
                 if row.prefix_len:
                     keys.add(row.prefix)
                 rows = j - i
+                # A generation batch's prompts run in chunks that keep to max_batch_tokens.
+                one_pass = rows * suffix if extra == 0 or not self.shared_cache else 0
                 if rows > 1 and (
-                    rows * suffix > self.max_batch_tokens or rows * (suffix + extra) > self.max_kv_tokens
+                    one_pass > self.max_batch_tokens or rows * (suffix + extra) > self.max_kv_tokens
                 ):
                     break
-                cost = best[i] + _cost(rows, prefix, suffix, extra, len(keys))
+                cost = best[i] + _cost(
+                    rows, prefix, suffix, extra, len(keys), tokens if self.shared_cache else None
+                )
                 if cost < best[j]:
                     best[j], cut_at[j] = cost, i
         batches: list[list[_Row]] = []
@@ -407,7 +492,7 @@ class HFLanguageModel:
                 self._precompute(prefixes, [b for batch in batches for b in batch], workers)
                 # Longest batches first, so the workers finish together.
                 order = sorted(batches, key=lambda b: -self._batch_cost(b, extra))
-                self._parallel(workers, run_batch, order)
+                self._run_workers(workers, run_batch, order)
         bar.close()
 
     @staticmethod
@@ -421,6 +506,46 @@ class HFLanguageModel:
                     future.result()
         finally:
             torch.set_num_threads(threads)
+
+    def _run_workers(self, workers: int, fn: Callable, items: Sequence) -> None:
+        """``fn(item)`` for every item on ``workers`` threads of one torch thread each; a thread
+        whose items are done helps the others decode (:class:`_Helpers`) until all are done."""
+        queue = deque(items)
+        lock = threading.Lock()
+        helpers = _Helpers(workers)
+        errors: list[BaseException] = []
+
+        def worker() -> None:
+            try:
+                while True:
+                    with lock:
+                        item = queue.popleft() if queue else None
+                    if item is None:
+                        break
+                    fn(item)
+            except BaseException as error:  # re-raised in the calling thread
+                errors.append(error)
+                with lock:
+                    queue.clear()
+            try:
+                helpers.wait(helpers.finished, final=True)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        self._helpers = helpers
+        try:
+            pool = [threading.Thread(target=worker, name=f"rwku-engine_{i}") for i in range(workers)]
+            for thread in pool:
+                thread.start()
+            for thread in pool:
+                thread.join()
+        finally:
+            self._helpers = None
+            torch.set_num_threads(threads)
+        if errors:
+            raise errors[0]
 
     def _precompute(self, prefixes: _Prefixes, rows: list[_Row], workers: int) -> None:
         """Compute the call's shared prefixes before its batches, with every core busy.
@@ -534,6 +659,79 @@ class HFLanguageModel:
         self._count(int(mask.sum()))
         return out.logits.float()
 
+    def _prefill_chunks(self, batch: list[_Row]) -> list[list[_Row]]:
+        """Cut a batch, sorted by suffix length, into prompt passes of least estimated cost.
+
+        A generation batch is decoded together (one weight read per step for all its rows), but
+        its prompts need not be run together: one pass pads every row to the longest prompt.
+        Passes over rows of similar length cost a call each and pad little; ``best[j]`` is the
+        cheapest way to run the ``j`` shortest suffixes. A pass holds at most
+        ``max_batch_tokens`` tokens (activation memory), or a single row."""
+        ordered = sorted(batch, key=lambda r: r.suffix_len)
+        n = len(ordered)
+        best = [0.0] + [math.inf] * n
+        cut_at = [0] * (n + 1)
+        for j in range(1, n + 1):
+            row = ordered[j - 1]
+            context = row.prefix_len + row.suffix_len
+            per_row = row.suffix_len * PREFILL_MS_PER_TOKEN * (1 + context / PREFILL_CONTEXT_SCALE)
+            for i in range(j - 1, -1, -1):
+                if j - i > 1 and (j - i) * row.suffix_len > self.max_batch_tokens:
+                    break
+                cost = best[i] + CALL_MS + (j - i) * per_row
+                if cost < best[j]:
+                    best[j], cut_at[j] = cost, i
+        chunks: list[list[_Row]] = []
+        j = n
+        while j > 0:
+            chunks.append(ordered[cut_at[j] : j])
+            j = cut_at[j]
+        return chunks[::-1]
+
+    def _prefill_merged(self, batch: list[_Row], kvs: dict, capacity: int):
+        """:meth:`_prefill` of a generation batch (last position's logits), its prompts run in
+        length-sorted chunks (:meth:`_prefill_chunks`) and their caches merged into one.
+
+        Each chunk is left-padded to its own longest suffix; in the merged cache every row is
+        left-padded to the batch's longest, which is the layout one pass over the whole batch
+        would have left (row ``b``'s tokens end at the same slot for all rows), so decoding
+        proceeds exactly as after a single pass. ``batch`` is reordered in place to the merged
+        row order. Returns ``(logits [B, 1, V], cache, prefix_lengths)``.
+        """
+        chunks = self._prefill_chunks(batch)
+        if len(chunks) == 1:
+            batch[:] = chunks[0]
+            return self._prefill(batch, kvs, keep=1, capacity=capacity)
+        batch[:] = [row for chunk in chunks for row in chunk]
+        s_max = batch[-1].suffix_len
+        keys = list(dict.fromkeys(r.prefix for r in batch if r.prefix_len))
+        slot = {k: i for i, k in enumerate(keys)}
+        merged = RowKV(
+            len(batch),
+            [kvs[k] for k in keys],
+            [slot[r.prefix] if r.prefix_len else -1 for r in batch],
+            capacity=s_max + capacity,
+        )
+        logits, row0 = [], 0
+        for chunk in chunks:
+            chunk_logits, cache, _ = self._prefill(chunk, kvs, keep=1, capacity=0)
+            logits.append(chunk_logits)
+            width = int(cache.length.max())
+            rows = slice(row0, row0 + len(chunk))
+            for layer, (k, v) in enumerate(zip(cache.keys, cache.values)):
+                if layer == len(merged.keys):
+                    shape = (len(batch), k.shape[1], merged.capacity, k.shape[3])
+                    merged.keys.append(k.new_zeros(shape))
+                    merged.values.append(v.new_zeros(shape[:3] + (v.shape[3],)))
+                merged.keys[layer][rows, :, s_max - width : s_max] = k[:, :, :width]
+                merged.values[layer][rows, :, s_max - width : s_max] = v[:, :, :width]
+            row0 += len(chunk)
+            del cache
+        merged.set_start(torch.tensor([s_max - r.suffix_len for r in batch], dtype=torch.long))
+        merged.length = torch.full((len(batch),), s_max, dtype=torch.long)
+        prefix_lengths = torch.tensor([r.prefix_len for r in batch], dtype=torch.long)
+        return torch.cat(logits, dim=0), merged, prefix_lengths
+
     def _logits(self, batch: list[_Row], kvs: dict, keep: int) -> torch.Tensor:
         if self.shared_cache:
             return self._prefill(batch, kvs, keep, capacity=0)[0]
@@ -595,8 +793,9 @@ class HFLanguageModel:
                 return
             budget = max(requests[r.index].max_new_tokens for r in batch)
             longest_cont = max((len(cont_ids[r.index] or ()) for r in batch), default=0)
-            logits, cache, prefix_lengths = self._prefill(
-                batch, kvs, keep=1, capacity=max(budget + MAX_DRAFT + 1, longest_cont)
+            batch = list(batch)
+            logits, cache, prefix_lengths = self._prefill_merged(
+                batch, kvs, capacity=max(budget + MAX_DRAFT + 1, longest_cont)
             )
             last = logits[:, -1]
             if longest_cont:
@@ -668,51 +867,94 @@ class HFLanguageModel:
                     break
             return taken
 
-        # ``slots[k]`` is the batch row held in cache row k. A finished row stays in the cache
-        # (its inputs are padding, its compute wasted) until a tenth of the rows are finished:
-        # compacting copies the whole cache, which a few steps of that waste pay for.
-        slots = list(range(n))
-        pending = last_logits.argmax(-1).tolist()  # each live row's next token, not yet cached
-        for b in range(n):
-            taken = take(b, [pending[b]])
+        for b, tok in enumerate(last_logits.argmax(-1).tolist()):
+            taken = take(b, [tok])
             if lookups is not None and taken:
                 lookups[b].extend(taken)
-        while any(live[b] for b in slots):
-            if sum(live[b] for b in slots) <= 0.9 * len(slots):
-                keep = [k for k, b in enumerate(slots) if live[b]]
-                cache.select_rows(keep)
-                prefix_lengths = prefix_lengths[keep]
-                slots = [slots[k] for k in keep]
-                pending = [pending[k] for k in keep]
-            drafts = [lookups[b].draft(MAX_DRAFT) if lookups is not None and live[b] else [] for b in slots]
-            width = self._draft_width(
-                drafts, [accept_rate[b] for b in slots], [live[b] for b in slots], *self._timer.estimate()
-            )
-            input_ids = torch.full((len(slots), width), self.pad_id, dtype=torch.long)
-            for k, b in enumerate(slots):
-                if live[b]:
-                    row_input = [generated[b][-1]] + drafts[k][: width - 1]
-                    input_ids[k, : len(row_input)] = torch.tensor(row_input)
-            started = time.perf_counter()
-            logits = self._model_forward(cache, input_ids, prefix_lengths, keep=width)
-            predicted = logits.argmax(-1).tolist()
-            self._timer.observe(max(len(slots) * width, FREE_TOKENS), time.perf_counter() - started)
-            self._count(width * sum(live[b] for b in slots))
-            new_length = cache.length.clone()
-            for k, b in enumerate(slots):
-                if not live[b]:
-                    continue
-                draft = drafts[k][: width - 1]
-                accepted = 0
-                while accepted < len(draft) and draft[accepted] == predicted[k][accepted]:
-                    accepted += 1
-                if draft:
-                    accept_rate[b] = 0.5 * accept_rate[b] + 0.5 * (accepted / len(draft))
-                new_length[k] += 1 + accepted  # the fed token and the accepted drafts are cached
-                taken = take(b, draft[:accepted] + [predicted[k][accepted]])
-                if lookups is not None:
-                    lookups[b].extend(taken)
-            cache.commit(new_length)
+
+        def budget_left(b: int) -> int:
+            return requests[batch[b].index].max_new_tokens - len(generated[b])
+
+        def loop(cache: RowKV, prefix_lengths: torch.Tensor, slots: list[int]) -> None:
+            """Decode the rows ``slots`` (``slots[k]``: the batch row in cache row k) to the end.
+
+            A finished row stays in the cache (its inputs are padding, its compute wasted) until
+            a tenth of the rows are finished: compacting copies the whole cache, which a few
+            steps of that waste pay for. When another worker waits for work, half of the live
+            rows (whole prefix groups first) move to it with their cache rows; each row is
+            decoded by one worker at a time, so the per-row lists above need no lock."""
+            given: list[threading.Event] = []
+            while any(live[b] for b in slots):
+                helpers = self._helpers
+                alive = [k for k, b in enumerate(slots) if live[b]]
+                if (
+                    helpers is not None
+                    and len(alive) >= 2
+                    and helpers.wanted()
+                    and max(budget_left(slots[k]) for k in alive) >= MIN_SHARED_STEPS
+                ):
+                    alive.sort(key=lambda k: (cache.row_prefix[k], k))
+                    away = alive[len(alive) // 2 :]
+                    part = (cache.copy_rows(away), prefix_lengths[away], [slots[k] for k in away])
+
+                    def task(part=part) -> None:
+                        with torch.inference_mode():  # grad mode is per thread
+                            loop(*part)
+
+                    done = helpers.give(task)
+                    if done is not None:
+                        given.append(done)
+                        away_set = set(away)
+                        keep = [k for k in alive if k not in away_set]
+                        keep.sort()
+                        cache.select_rows(keep)
+                        prefix_lengths = prefix_lengths[keep]
+                        slots = [slots[k] for k in keep]
+                        continue
+                if sum(live[b] for b in slots) <= 0.9 * len(slots):
+                    keep = [k for k, b in enumerate(slots) if live[b]]
+                    cache.select_rows(keep)
+                    prefix_lengths = prefix_lengths[keep]
+                    slots = [slots[k] for k in keep]
+                drafts = [
+                    lookups[b].draft(MAX_DRAFT) if lookups is not None and live[b] else [] for b in slots
+                ]
+                width = self._draft_width(
+                    drafts, [accept_rate[b] for b in slots], [live[b] for b in slots], *self._timer.estimate()
+                )
+                input_ids = torch.full((len(slots), width), self.pad_id, dtype=torch.long)
+                for k, b in enumerate(slots):
+                    if live[b]:
+                        row_input = [generated[b][-1]] + drafts[k][: width - 1]
+                        input_ids[k, : len(row_input)] = torch.tensor(row_input)
+                started = time.perf_counter()
+                logits = self._model_forward(cache, input_ids, prefix_lengths, keep=width)
+                predicted = logits.argmax(-1).tolist()
+                self._timer.observe(max(len(slots) * width, FREE_TOKENS), time.perf_counter() - started)
+                self._count(width * sum(live[b] for b in slots))
+                new_length = cache.length.clone()
+                for k, b in enumerate(slots):
+                    if not live[b]:
+                        continue
+                    draft = drafts[k][: width - 1]
+                    accepted = 0
+                    while accepted < len(draft) and draft[accepted] == predicted[k][accepted]:
+                        accepted += 1
+                    if draft:
+                        accept_rate[b] = 0.5 * accept_rate[b] + 0.5 * (accepted / len(draft))
+                    new_length[k] += 1 + accepted  # the fed token and the accepted drafts are cached
+                    taken = take(b, draft[:accepted] + [predicted[k][accepted]])
+                    if lookups is not None:
+                        lookups[b].extend(taken)
+                cache.commit(new_length)
+            if given:
+                # Help with whatever is queued (possibly these very rows) until they are done.
+                self._helpers.wait(lambda: all(done.is_set() for done in given))
+                missing = [b for b in range(n) if live[b]]
+                if missing:  # the other worker failed; its error is raised by _run_workers
+                    raise RuntimeError(f"decoding of batch rows {missing} did not finish")
+
+        loop(cache, prefix_lengths, list(range(n)))
         return generated
 
     @staticmethod

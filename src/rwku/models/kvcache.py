@@ -183,10 +183,22 @@ class RowKV(Cache):
         self.rows = len(keep)
         self._groups = None
 
+    def copy_rows(self, rows: Sequence[int]) -> RowKV:
+        """A new cache holding copies of ``rows`` (same prefixes, shared, not copied)."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        dev_idx = idx.to(self.keys[0].device) if self.keys else idx
+        other = RowKV(len(idx), self.prefixes, [self.row_prefix[i] for i in rows], capacity=self.capacity)
+        other.keys = [k.index_select(0, dev_idx) for k in self.keys]
+        other.values = [v.index_select(0, dev_idx) for v in self.values]
+        other.start, other.length = self.start[idx].clone(), self.length[idx].clone()
+        return other
+
     def _grow(self, capacity: int) -> None:
+        # Zeros, not empty memory: a row's unwritten slots below the pass's width are masked,
+        # but a masked NaN left in uninitialised memory would still poison the softmax.
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            nk = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
-            nv = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+            nk = k.new_zeros(k.shape[0], k.shape[1], capacity, k.shape[3])
+            nv = v.new_zeros(v.shape[0], v.shape[1], capacity, v.shape[3])
             nk[:, :, : self.capacity] = k
             nv[:, :, : self.capacity] = v
             self.keys[i], self.values[i] = nk, nv
