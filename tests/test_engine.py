@@ -127,9 +127,11 @@ def test_chunked_prompt_passes_generate_and_score_what_plain_runs_do(tiny_lm, mo
             assert score.token_logprobs == pytest.approx(_plain_logprobs(tiny_lm, req.prompt, cont), abs=1e-4)
 
 
-def test_idle_worker_takes_over_rows_and_changes_no_output(tiny_lm, monkeypatch):
-    """Two workers, one batch of short and one of long outputs: the worker that finishes first
-    must get rows of the other's batch (their cache rows copied), with every output unchanged."""
+@pytest.mark.parametrize("workers", [2, 3])
+def test_idle_worker_takes_over_rows_and_changes_no_output(tiny_lm, monkeypatch, workers):
+    """One batch of short and one of long outputs: a worker without a batch left must get rows
+    of the other's batch (their cache rows copied), with every output unchanged; with three
+    workers, rows are handed on while the batch's owner is still decoding its own."""
     prompts = [tiny_lm.chat_prompt(f"prompt number {i} " * (1 + i % 3)) for i in range(8)]
     reqs = [GenerationRequest(p, 48 if i % 2 else 2) for i, p in enumerate(prompts)]
     copies = []
@@ -141,7 +143,7 @@ def test_idle_worker_takes_over_rows_and_changes_no_output(tiny_lm, monkeypatch)
 
     monkeypatch.setattr(RowKV, "copy_rows", counting)
     monkeypatch.setattr(tiny_lm, "batch_size", 4)
-    monkeypatch.setattr(tiny_lm, "workers", 2)
+    monkeypatch.setattr(tiny_lm, "workers", workers)
     monkeypatch.setattr(tiny_lm, "speculative", False)
     # Plan one batch of the long outputs and one of the short ones.
     monkeypatch.setattr(

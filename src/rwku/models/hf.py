@@ -126,6 +126,17 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+def _segments(ordered: list[_Row], cut_at: list[int]) -> list[list[_Row]]:
+    """The contiguous pieces of ``ordered`` that a cut dynamic program chose: the last piece
+    of the first ``j`` rows starts at ``cut_at[j]``."""
+    pieces: list[list[_Row]] = []
+    j = len(ordered)
+    while j > 0:
+        pieces.append(ordered[cut_at[j] : j])
+        j = cut_at[j]
+    return pieces[::-1]
+
+
 def _expected_accepted(k: int, p: float) -> float:
     """Expected accepted draft tokens when each is right with probability ``p`` given the last."""
     if k <= 0 or p <= 0:
@@ -441,12 +452,7 @@ class HFLanguageModel:
                 )
                 if cost < best[j]:
                     best[j], cut_at[j] = cost, i
-        batches: list[list[_Row]] = []
-        j = n
-        while j > 0:
-            batches.append(ordered[cut_at[j] : j])
-            j = cut_at[j]
-        return batches[::-1]
+        return _segments(ordered, cut_at)
 
     def _run(
         self, rows: list[_Row], desc: str, step: Callable, extra: int = 0, max_rows: int | None = None
@@ -681,12 +687,7 @@ class HFLanguageModel:
                 cost = best[i] + CALL_MS + (j - i) * per_row
                 if cost < best[j]:
                     best[j], cut_at[j] = cost, i
-        chunks: list[list[_Row]] = []
-        j = n
-        while j > 0:
-            chunks.append(ordered[cut_at[j] : j])
-            j = cut_at[j]
-        return chunks[::-1]
+        return _segments(ordered, cut_at)
 
     def _prefill_merged(self, batch: list[_Row], kvs: dict, capacity: int):
         """:meth:`_prefill` of a generation batch (last position's logits), its prompts run in
@@ -884,6 +885,7 @@ class HFLanguageModel:
             rows (whole prefix groups first) move to it with their cache rows; each row is
             decoded by one worker at a time, so the per-row lists above need no lock."""
             given: list[threading.Event] = []
+            given_rows: list[int] = []
             while any(live[b] for b in slots):
                 helpers = self._helpers
                 alive = [k for k, b in enumerate(slots) if live[b]]
@@ -904,6 +906,7 @@ class HFLanguageModel:
                     done = helpers.give(task)
                     if done is not None:
                         given.append(done)
+                        given_rows += part[2]
                         away_set = set(away)
                         keep = [k for k in alive if k not in away_set]
                         keep.sort()
@@ -950,8 +953,8 @@ class HFLanguageModel:
             if given:
                 # Help with whatever is queued (possibly these very rows) until they are done.
                 self._helpers.wait(lambda: all(done.is_set() for done in given))
-                missing = [b for b in range(n) if live[b]]
-                if missing:  # the other worker failed; its error is raised by _run_workers
+                missing = [b for b in given_rows if live[b]]
+                if missing:  # another worker failed; its error is raised by _run_workers
                     raise RuntimeError(f"decoding of batch rows {missing} did not finish")
 
         loop(cache, prefix_lengths, list(range(n)))
