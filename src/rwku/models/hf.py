@@ -71,6 +71,10 @@ DECODE_CONTEXT_MS = 0.0022
 #: A decoding worker shares its rows with an idle one only while some row may still take at
 #: least this many tokens (copying the rows' cache must be paid back).
 MIN_SHARED_STEPS = 16
+#: Membership-inference statistics run over this many positions at a time: each pass over the
+#: [positions, vocabulary] log-probs then stays in the CPU cache (16 × 49k floats = 3 MB);
+#: every position is computed alone, so the values are bit for bit those of one big pass.
+STATS_CHUNK = 16
 #: Speculative decoding: most draft tokens checked per row and step.
 MAX_DRAFT = 10
 #: A pass over this few tokens costs about what a pass over one does (its matrix products
@@ -124,6 +128,18 @@ def _common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
+
+
+def _vocab_stats(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per position: log p of the target, and the mean and variance of log p over the vocabulary
+    (``mu = E[log p]``, ``sigma2 = E[(log p)^2] - mu^2``, with one temporary)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    token_logprobs = logp.gather(-1, targets[:, None]).squeeze(-1)
+    plogp = logp.exp().mul_(logp)
+    mu = plogp.sum(-1)
+    return token_logprobs, mu, torch.linalg.vecdot(plogp, logp) - mu.square()
 
 
 def _segments(ordered: list[_Row], cut_at: list[int]) -> list[list[_Row]]:
@@ -1093,16 +1109,16 @@ class HFLanguageModel:
                         empty = np.zeros(0, dtype=np.float32)
                         results[row.index] = TokenStats(empty, empty, empty, n)
                         continue
-                    logp = torch.log_softmax(logits[b, first[b] : first[b] + n - 1], dim=-1)
-                    targets = torch.tensor(row.ids[1:], device=logp.device)
-                    token_logprobs = logp.gather(-1, targets[:, None]).squeeze(-1)
-                    # mu = E[log p], sigma2 = E[(log p)^2] - mu^2, with one temporary.
-                    plogp = logp.exp().mul_(logp)
-                    mu = plogp.sum(-1)
-                    sigma2 = torch.linalg.vecdot(plogp, logp) - mu.square()
-                    results[row.index] = TokenStats(
-                        token_logprobs.cpu().numpy(), mu.cpu().numpy(), sigma2.cpu().numpy(), n
-                    )
+                    targets = torch.tensor(row.ids[1:], device=logits.device)
+                    parts = [
+                        _vocab_stats(
+                            logits[b, first[b] + i : first[b] + min(i + STATS_CHUNK, n - 1)],
+                            targets[i : i + STATS_CHUNK],
+                        )
+                        for i in range(0, n - 1, STATS_CHUNK)
+                    ]
+                    token_logprobs, mu, sigma2 = (torch.cat(x).cpu().numpy() for x in zip(*parts))
+                    results[row.index] = TokenStats(token_logprobs, mu, sigma2, n)
 
         self._run(rows, desc, step)
         return results
