@@ -142,6 +142,18 @@ def _vocab_stats(
     return token_logprobs, mu, torch.linalg.vecdot(plogp, logp) - mu.square()
 
 
+def _row_cache(batch: list[_Row], kvs: dict, capacity: int) -> RowKV:
+    """An empty :class:`RowKV` for ``batch``: each distinct prefix of its rows once."""
+    keys = list(dict.fromkeys(r.prefix for r in batch if r.prefix_len))
+    slot = {k: i for i, k in enumerate(keys)}
+    return RowKV(
+        len(batch),
+        [kvs[k] for k in keys],
+        [slot[r.prefix] if r.prefix_len else -1 for r in batch],
+        capacity=capacity,
+    )
+
+
 def _segments(ordered: list[_Row], cut_at: list[int]) -> list[list[_Row]]:
     """The contiguous pieces of ``ordered`` that a cut dynamic program chose: the last piece
     of the first ``j`` rows starts at ``cut_at[j]``."""
@@ -637,14 +649,7 @@ class HFLanguageModel:
         attention, without a mask, and row ``b``'s logits are its first ``len(ids)`` positions.
         """
         s_max = max(r.suffix_len for r in batch)
-        keys = list(dict.fromkeys(r.prefix for r in batch if r.prefix_len))
-        slot = {k: i for i, k in enumerate(keys)}
-        cache = RowKV(
-            len(batch),
-            [kvs[k] for k in keys],
-            [slot[r.prefix] if r.prefix_len else -1 for r in batch],
-            capacity=s_max + capacity,
-        )
+        cache = _row_cache(batch, kvs, capacity=s_max + capacity)
         input_ids = torch.full((len(batch), s_max), self.pad_id, dtype=torch.long)
         pads = torch.zeros(len(batch), dtype=torch.long)
         for b, row in enumerate(batch):
@@ -721,14 +726,7 @@ class HFLanguageModel:
             return self._prefill(batch, kvs, keep=1, capacity=capacity)
         batch[:] = [row for chunk in chunks for row in chunk]
         s_max = batch[-1].suffix_len
-        keys = list(dict.fromkeys(r.prefix for r in batch if r.prefix_len))
-        slot = {k: i for i, k in enumerate(keys)}
-        merged = RowKV(
-            len(batch),
-            [kvs[k] for k in keys],
-            [slot[r.prefix] if r.prefix_len else -1 for r in batch],
-            capacity=s_max + capacity,
-        )
+        merged = _row_cache(batch, kvs, capacity=s_max + capacity)
         logits, row0 = [], 0
         for chunk in chunks:
             chunk_logits, cache, _ = self._prefill(chunk, kvs, keep=1, capacity=0)
