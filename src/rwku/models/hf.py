@@ -134,7 +134,11 @@ def _vocab_stats(
     logits: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per position: log p of the target, and the mean and variance of log p over the vocabulary
-    (``mu = E[log p]``, ``sigma2 = E[(log p)^2] - mu^2``, with one temporary)."""
+    (``mu = E[log p]``, ``sigma2 = E[(log p)^2] - mu^2``, with one temporary).
+
+    Not :func:`rwku.evaluation.metrics.token_stats_from_logits`, which computes ``softmax``
+    separately as the reference does: that costs a third pass (measured 276 vs 199 ms for 400
+    positions) for differences below 3e-5, and conformance holds MIA to 1e-4 with this form."""
     logp = torch.log_softmax(logits, dim=-1)
     token_logprobs = logp.gather(-1, targets[:, None]).squeeze(-1)
     plogp = logp.exp().mul_(logp)
