@@ -391,6 +391,27 @@ def test_runaway_ga_loss_is_a_collapse_but_can_be_only_recorded(lm):
 # ------------------------------------------------------------------------------ plan & batch setting
 
 
+def test_checkpoints_see_the_model_in_eval_mode_after_the_asked_steps(lm):
+    seen = []
+
+    def checkpoint(step, model):
+        seen.append((step, model.training, forget_nll(model, lm.tokenizer)))
+
+    report = train(
+        lm.model,
+        lm.tokenizer,
+        get_method("ga"),
+        PASSAGES,
+        hp=Hyperparameters(lr=1e-3, batch_size=1, epochs=2, max_length=32),
+        checkpoint_steps={1, 3},
+        on_checkpoint=checkpoint,
+        guards=OFF,
+    )
+    assert report.status == "finished" and report.total_steps == 2 * len(PASSAGES) > 3
+    assert [s for s, _, _ in seen] == [1, 3] and not any(training for _, training, _ in seen)
+    assert seen[1][2] > seen[0][2]  # gradient ascent kept raising the forget NLL in between
+
+
 def test_plan_shuffles_batch_order_per_epoch_with_a_seed():
     plan = plan_steps(5, epochs=2, grad_accum=1, seed=0)
     epochs = [[g[0] for g in plan[:5]], [g[0] for g in plan[5:]]]

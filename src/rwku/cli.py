@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from rwku.cli_attack import register as register_attack_commands
 from rwku.cli_sweep import register as register_sweep_commands
 from rwku.errors import ConfigError, RwkuError
 
@@ -495,6 +496,7 @@ def run_evaluation(
 
 
 register_sweep_commands(app)  # rwku sweep, rwku report (rwku/cli_sweep.py)
+register_attack_commands(app)  # rwku attack relearn|incontext (rwku/cli_attack.py)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -28,6 +28,8 @@ TRUTHFULQA_USER = "{qa_primer}\n\nQ: {question}"
 TRIVIAQA_FEWSHOT = "\nQ: When did men's figure skating become a summer Olympic sport?\nA: 1908\nQ: When did the all india workers and peasants party came in to existence?\nA: November 1925\nQ: Flight that went down in the hudson river?\nA: US Airways Flight 1549\nQ: Where are most of the world's earthquakes located?\nA: Rim of Fire\nQ: Csi when do grissom and sara reunite?\nA: series finale\nPlease briefly answer the following question:\n"
 TRIVIAQA_USER = "{fewshot}Q: {question}\n"
 FLUENCY_USER = "Instruction: {instruction}\n"
+# Not RWKU's: the in-context re-introduction attack's context line (rwku.attacks.contexts)
+CONTEXT_TEMPLATE = "Context: {context}\n\n"
 
 MMLU_LETTERS = ("A", "B", "C", "D")
 

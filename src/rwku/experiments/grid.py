@@ -19,6 +19,9 @@ The file (docs/sweeps.md has the full reference)::
     batch_sizes: [10, 20]     # batch setting: the first k targets unlearned at once
     seeds: [0]
     record_epochs: [1, 2, 3]  # also evaluate after these epochs (trade-off curves)
+    attacks:                  # attack every cell's unlearned model (rwku.attacks)
+      relearn: {kinds: [split, related, unrelated], budgets: [0, 10, 25, 50], mode: full}
+      incontext: {}
     # every other key is an option of `rwku run` shared by all cells:
     suites: forget,neighbor,mia,utility
     limit: 20
@@ -58,6 +61,7 @@ GRID_KEYS = (
     "seeds",
     "seed",
     "record_epochs",
+    "attacks",
     "keep_items",
     "save_runs",
 )
@@ -107,12 +111,16 @@ class Cell:
     seed: int = 0
     record_epochs: tuple[float, ...] = ()
     shared: dict[str, Any] = field(default_factory=dict)
+    attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     keep_items: bool = False
     save_runs: bool = False
 
     def spec(self) -> dict[str, Any]:
-        """Everything that determines the cell's numbers: what the id hashes."""
-        return {
+        """Everything that determines the cell's numbers: what the id hashes.
+
+        ``attacks`` only when asked for, so the ids of sweeps without attacks never change.
+        """
+        out = {
             "setting": self.setting,
             "targets": list(self.targets),
             "method": self.method,
@@ -123,6 +131,9 @@ class Cell:
             "record_epochs": list(self.record_epochs),
             "shared": {k: v for k, v in sorted(self.shared.items()) if k not in UNHASHED},
         }
+        if self.attacks:
+            out["attacks"] = {k: dict(sorted(v.items())) for k, v in sorted(self.attacks.items())}
+        return out
 
     @property
     def digest(self) -> str:
@@ -190,6 +201,7 @@ class Cell:
             seed=int(raw["seed"]),
             record_epochs=tuple(float(e) for e in raw["record_epochs"]),
             shared=dict(raw["shared"]),
+            attacks={k: dict(v) for k, v in (raw.get("attacks") or {}).items()},
             keep_items=bool(raw.get("keep_items", False)),
             save_runs=bool(raw.get("save_runs", False)),
         )
@@ -309,6 +321,7 @@ def expand_grid(
     batch_sizes = _batch_sizes(raw.get("batch_sizes"), settings, len(targets), where)
     seeds = _seeds(raw, where)
     record_epochs = _record_epochs(raw.get("record_epochs"), where)
+    attacks = _attacks(raw.get("attacks"), where)
     default_modes = _modes(raw.get("modes", ["lora"]), f"{where}: modes")
     entries = _method_entries(raw.get("methods"), where, default_modes)
 
@@ -341,6 +354,7 @@ def expand_grid(
                             seed=seed,
                             record_epochs=record_epochs if entry.trains else (),
                             shared=shared,
+                            attacks=attacks,
                             keep_items=keep_items,
                             save_runs=save_runs,
                         )
@@ -503,6 +517,30 @@ def _record_epochs(value: Any, where: str) -> tuple[float, ...]:
         if isinstance(e, bool) or not isinstance(e, (int, float)) or e <= 0:
             raise ConfigError(f"{where}: record_epochs entry {e!r} must be a positive number")
     return tuple(sorted({float(e) for e in value}))
+
+
+def _attacks(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    """``attacks: {relearn: {...options}, incontext: {}}`` (or a list of names), validated."""
+    from rwku.attacks import ATTACKS
+    from rwku.attacks.relearn import RelearnOptions
+
+    if value is None:
+        return {}
+    if isinstance(value, (list, tuple)):
+        value = {str(v): {} for v in value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: attacks must map attack names ({', '.join(ATTACKS)}) to their options")
+    out: dict[str, dict[str, Any]] = {}
+    for name, options in value.items():
+        if name not in ATTACKS:
+            raise ConfigError(f"{where}: unknown attack {name!r}; choose from: {', '.join(ATTACKS)}")
+        options = dict(options or {})
+        if name == "relearn":
+            RelearnOptions.from_dict(options, source=f"{where}: attacks.relearn")
+        elif options:
+            raise ConfigError(f"{where}: attacks.{name} takes no options, got {', '.join(options)}")
+        out[name] = options
+    return out
 
 
 def _modes(value: Any, where: str) -> list[str]:

@@ -40,8 +40,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -187,12 +189,16 @@ def run_cell(cell: Cell, out: Path | None, opts: RunOptions) -> dict[str, Any]:
     A diverged training run (NaN loss) is a deterministic outcome of the cell, not a crash, so
     it is a finished cell with status ``diverged``; any other exception propagates.
     """
-    import gc
-
     from rwku.experiments.unlearn import run_unlearning
     from rwku.methods.trainer import TrainingError
 
     run_dir = (out / RUNS_DIR / cell.id) if (out is not None and cell.save_runs) else None
+    scratch = None
+    if cell.attacks and run_dir is None:  # the attacks read the weights back from a run folder
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix=f"rwku-{cell.digest}-", dir=out))
+        run_dir = scratch / "run"
     cfg = cell.unlearn_config(
         data=opts.data,
         device=opts.device,
@@ -207,12 +213,17 @@ def run_cell(cell: Cell, out: Path | None, opts: RunOptions) -> dict[str, Any]:
             cfg,
             log=lambda m: opts.log(f"  [{cell.id}] {m}"),
             record_epochs=cell.record_epochs or None,
-            save=cell.save_runs,
+            save=run_dir is not None,
         )
         status = record["run"]["status"]
+        gc.collect()
+        if cell.attacks and status == "finished":
+            record["attacks"] = run_cell_attacks(cell, Path(record["run"]["run_dir"]), opts)
     except TrainingError as err:
         record, status, error = None, "diverged", str(err)
     finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         gc.collect()
         _empty_cuda_cache()
     if record is not None and not cell.keep_items:
@@ -227,6 +238,29 @@ def run_cell(cell: Cell, out: Path | None, opts: RunOptions) -> dict[str, Any]:
         "pid": os.getpid(),
         "finished_at": _now(),
     }
+
+
+def run_cell_attacks(cell: Cell, run_dir: Path, opts: RunOptions) -> dict[str, Any]:
+    """The cell's ``attacks`` on its freshly unlearned model, as ``{attack: record}``."""
+    from rwku.attacks.relearn import RelearnOptions
+    from rwku.attacks.runner import attack_run
+
+    out: dict[str, Any] = {}
+    for name, options in cell.attacks.items():
+        record = attack_run(
+            name,
+            run_dir,
+            relearn=RelearnOptions.from_dict(options) if name == "relearn" else None,
+            model=cell.shared.get("model"),
+            data=opts.data,
+            device=opts.device or "cpu",
+            progress=opts.progress,
+            log=lambda m: opts.log(f"  [{cell.id}] {m}"),
+            write=cell.save_runs,
+        )
+        out[name] = record
+        gc.collect()
+    return out
 
 
 def _empty_cuda_cache() -> None:

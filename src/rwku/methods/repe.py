@@ -78,9 +78,14 @@ class RepresentationEngineering(UnlearningMethod):
             return list(range(lo, hi))
         return [i % num_layers for i in chosen]
 
-    def install(self, model, tokenizer, target) -> Callable[[], None]:
-        """Register hooks adding α·v_ℓ to the steered layers' outputs; return the undo function."""
-        vectors = control_vectors(model, tokenizer, target)
+    def install(self, model, tokenizer, target, vectors: torch.Tensor | None = None) -> Callable[[], None]:
+        """Register hooks adding α·v_ℓ to the steered layers' outputs; return the undo function.
+
+        ``vectors`` reuses control vectors computed before (on the original model), so a model
+        fine-tuned afterwards — a relearning attack — is steered exactly as the run steered.
+        """
+        if vectors is None:
+            vectors = control_vectors(model, tokenizer, target)
         self.vectors = vectors  # kept so a run can save what it added (run_dir/control_vectors.safetensors)
         alpha = float(self.option("alpha"))
         layers = decoder_layers(model)

@@ -46,7 +46,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -421,6 +421,8 @@ def train(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     on_epoch: Callable[[float, Any], None] | None = None,
+    on_checkpoint: Callable[[int, Any], None] | None = None,
+    checkpoint_steps: Collection[int] = (),
     run_dir: str | os.PathLike[str] | None = None,
     guards: GuardRails | None = None,
     precision: str = "fp32",
@@ -438,7 +440,10 @@ def train(
     called as ``on_step(step, loss)`` after every optimiser step (1-based). ``on_epoch`` is
     called as ``on_epoch(epochs_done, model)`` with the model in eval mode at the end of every
     epoch (and after a fractional last one): one run then yields a whole trade-off curve across
-    epochs, instead of one run per epoch count with a different schedule. ``precision`` is
+    epochs, instead of one run per epoch count with a different schedule. ``on_checkpoint``
+    is called the same way, as ``on_checkpoint(step, model)``, after each of
+    ``checkpoint_steps`` (a relearning attack evaluates its step budgets along one run).
+    ``precision`` is
     ``fp32``, or ``bf16``/``fp16`` autocast on CUDA only. ``accelerator`` (an
     ``accelerate.Accelerator``) runs the updates through it, for ``accelerate launch`` with
     DeepSpeed ZeRO-3 or FSDP (:mod:`rwku.methods.distributed`); mixed precision then comes
@@ -610,6 +615,10 @@ def train(
                 )
             if guards.collapse_every and (step % guards.collapse_every == 0 or step == len(plan)):
                 guard(collapsed())
+            if on_checkpoint is not None and step in checkpoint_steps:
+                trained.eval()
+                on_checkpoint(step, trained)
+                trained.train()
             if on_epoch is not None and (micro_done % n_batches == 0 or step == len(plan)):
                 trained.eval()
                 on_epoch(report.epochs, trained)

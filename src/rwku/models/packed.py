@@ -99,3 +99,11 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
                 for layer in state["layers"]:
                     layer.__dict__.pop("forward", None)
                 state["layers"] = []
+
+
+def release_packed(model: nn.Module) -> None:
+    """Drop the packed weights cached on ``model``'s layers (they cannot be deep-copied, and
+    hold a second copy of every weight); the next :func:`packed_linears` packs again."""
+    with _LOCK:
+        for module in model.modules():
+            module.__dict__.pop("_rwku_packed", None)

@@ -6,6 +6,8 @@ Writes into ``RUN_DIR/report/`` (or ``--out``):
   unscored cells;
 * ``table1.csv`` / ``table1.tex`` — Table 1 for spreadsheets and for the paper (booktabs);
 * ``attack_types.md`` / ``attack_types.csv`` — forget score per adversarial attack type;
+* ``robustness.csv`` / ``robustness.tex`` / ``incontext.csv`` — recovery under relearning and
+  in-context attacks, when the sweep ran them (:mod:`rwku.reporting.robustness`);
 * ``plots/*.png`` — trade-off across epochs, across RepE's α, by attack type, batch-target
   curves, partial-layer grid (each only when the run has the cells for it);
 * ``report.html`` — all of the above in one self-contained page.
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from rwku.io import atomic_write_text
 from rwku.reporting import aggregate as agg
-from rwku.reporting import plots
+from rwku.reporting import plots, robustness
 from rwku.reporting.html import Figure, Section, render
 
 
@@ -96,6 +98,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
             "no partial-mode cells",
         ),
     }
+    rob = robustness.robustness(run, confidence)
+    result.files += robustness.write_files(rob, out, agg.to_csv)
+    if rob.curves:
+        figures["recovery"] = Figure(
+            "Recovery under relearning",
+            robustness.plot_recovery(rob, plot_dir / "relearn_recovery.png"),
+            "no relearning attacks",
+        )
     result.files += [f.path for f in figures.values() if f.path is not None]
     skipped = [f"{f.title}: skipped ({f.note})" for f in figures.values() if f.path is None]
 
@@ -113,6 +123,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         "",
         type_md,
         "",
+        *robustness.markdown(rob, agg.to_markdown),
         "## Figures",
         "",
         *(f"- ![{f.title}](plots/{f.path.name})" for f in figures.values() if f.path is not None),
@@ -132,6 +143,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         Section("By attack type", figures=[figures["attack"]]),
         Section("Batch setting", figures=[figures["batch"]]),
         Section("Partial layers", figures=[figures["layers"]]),
+        *robustness.sections(rob, figures.get("recovery"), Section),
     ]
     write("report.html", render(f"rwku report: {name}", result.notes, sections))
     return result

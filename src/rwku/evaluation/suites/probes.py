@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 
 from rwku.evaluation.config import EvalConfig
 from rwku.evaluation.metrics import probe_score
-from rwku.evaluation.prompts import probe_user_text, with_prefix
+from rwku.evaluation.prompts import CONTEXT_TEMPLATE, probe_user_text, with_prefix
 from rwku.evaluation.suites.base import SuiteResult, cut_at_newline, has_content_line, mean100
 from rwku.models.backend import GenerationRequest, LanguageModel, generate_with_scores
 from rwku.models.hf import reference_stop_ids
@@ -25,8 +26,11 @@ LEVEL_NAMES = {"1": "fb", "2": "qa", "3": "aa"}
 MAX_NEW_TOKENS = 30
 
 
-def build_prompt(lm: LanguageModel, probe, cfg: EvalConfig) -> str:
+def build_prompt(lm: LanguageModel, probe, cfg: EvalConfig, context: str | None = None) -> str:
+    """The reference's probe prompt; ``context`` (the in-context attack) goes before the user text."""
     user, cue = probe_user_text(probe.query, probe.level, probe.type)
+    if context:
+        user = CONTEXT_TEMPLATE.format(context=context) + user
     return lm.chat_prompt(with_prefix(user, probe.subject, cfg.prompt_prefix)) + cue
 
 
@@ -35,9 +39,20 @@ def continuation_for(prompt: str, gold: str) -> str:
     return gold if prompt[-1:] in ("\n", " ") else " " + gold
 
 
-def run_probes(lm: LanguageModel, levels: dict[str, list], cfg: EvalConfig, name: str) -> SuiteResult:
+def run_probes(
+    lm: LanguageModel,
+    levels: dict[str, list],
+    cfg: EvalConfig,
+    name: str,
+    contexts: Sequence[str | None] | None = None,
+) -> SuiteResult:
+    """Generate and score every probe of ``levels``; ``contexts`` (aligned with the probes in
+    level order) puts a context before each probe's user text (``rwku.attacks.incontext``)."""
     probes = [p for level in sorted(levels) for p in levels[level]]
-    prompts = [build_prompt(lm, p, cfg) for p in probes]
+    contexts = list(contexts) if contexts is not None else [None] * len(probes)
+    if len(contexts) != len(probes):
+        raise ValueError(f"{len(contexts)} contexts for {len(probes)} probes")
+    prompts = [build_prompt(lm, p, cfg, c) for p, c in zip(probes, contexts)]
     stop_when = has_content_line if cfg.stop_at_newline else None
     outputs, likelihoods = generate_with_scores(
         lm,

@@ -1,0 +1,227 @@
+"""What an attack is aimed at: a finished run (or a model directory) as two models.
+
+An attack needs the *original* model (for the controls and the denominator of R) and the
+*unlearned* one, each fresh for every fine-tuning run (relearning changes the weights in
+place). :func:`open_run` reads a run folder written by ``rwku run``/``rwku unlearn``/a sweep
+with ``save_runs`` and says, per target, which weights belong to it; :class:`AttackSubject`
+loads the original model once and hands out copies:
+
+* a full or partial run's ``weights/`` folder is a whole model: loaded once and copied;
+* a LoRA run's adapter is merged into a copy of the original (the attacker then fine-tunes a
+  plain model, in whatever mode the attack uses);
+* an inference-time run (ICU, RepE) keeps the original weights: the unlearned model is the
+  original plus the run's prompt prefix (ICU) or steering hooks (RepE, with the control
+  vectors computed once on the original model, so a fine-tuned copy is steered the same way).
+
+Bad input is one :class:`~rwku.errors.ConfigError` line: a run without weights (interrupted,
+diverged, collapsed), a model other than the run's, a target the run did not unlearn.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rwku.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RunTarget:
+    """One target of a finished run: where its weights are and how it was unlearned."""
+
+    target: str
+    run_dir: Path
+    method: str
+    mode: str | None
+    method_options: dict[str, Any]
+    model: str | None  # the run's --model (None = the default model)
+    fingerprint: str | None
+    weights: Path | None  # None for inference-time methods
+    setting: str = "single"
+    data: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "method": self.method,
+            "mode": self.mode,
+            "setting": self.setting,
+            "method_options": self.method_options,
+            "model_fingerprint": self.fingerprint,
+        }
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads((path / "run.json").read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} is not a run folder (no run.json); give a folder written by rwku run/unlearn, "
+            "or a model directory with --original"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path / 'run.json'}: not valid JSON ({err.msg})") from None
+
+
+def open_run(path: str | Path) -> list[RunTarget]:
+    """Every target of the run folder ``path`` with its weights (see the module doc)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"run folder not found: {path}")
+    record = _read_run(path)
+    run = record.get("run") or {}
+    if run.get("setting") == "single" and run.get("runs"):
+        out = []
+        for name, sub in run["runs"].items():
+            sub_dir = Path(sub.get("run_dir") or path / name)
+            if not sub_dir.is_absolute() and not sub_dir.exists():
+                sub_dir = path / sub_dir.name
+            out.extend(_targets_of(sub, sub_dir))
+        return out
+    return _targets_of(run, path)
+
+
+def _targets_of(run: dict[str, Any], path: Path) -> list[RunTarget]:
+    from rwku.methods import get_method
+
+    status = run.get("status")
+    if status != "finished":
+        why = f": {run['reason']}" if run.get("reason") else ""
+        raise ConfigError(
+            f"run {path} did not finish (status {status}{why}); it has no unlearned model to attack"
+        )
+    cfg = run.get("config") or {}
+    method = get_method(run["method"], **(cfg.get("method_options") or {}))
+    weights = None
+    if method.kind == "training":
+        weights = path / "weights"
+        if not weights.is_dir() or not any(weights.iterdir()):
+            raise ConfigError(
+                f"run {path} has no weights/ folder (was it saved? an interrupted run keeps none)"
+            )
+    targets = run.get("targets") or cfg.get("targets") or []
+    setting = run.get("setting") or ("batch" if len(targets) > 1 else "single")
+    return [
+        RunTarget(
+            target=t,
+            run_dir=path,
+            method=method.name,
+            mode=run.get("mode"),
+            method_options=dict(method.options),
+            model=cfg.get("model"),
+            fingerprint=(run.get("model") or {}).get("fingerprint"),
+            weights=weights,
+            setting=setting,
+            data=cfg.get("data"),
+        )
+        for t in targets
+    ]
+
+
+def model_dir_target(path: str | Path, target: str) -> RunTarget:
+    """A plain model directory (an unlearned model made elsewhere) as an attack subject."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise ConfigError(f"{path} is neither a run folder (run.json) nor a model directory (config.json)")
+    return RunTarget(
+        target=target,
+        run_dir=path,
+        method="external",
+        mode=None,
+        method_options={},
+        model=None,
+        fingerprint=None,
+        weights=path,
+    )
+
+
+class AttackSubject:
+    """The original and the unlearned model of one run target, as fresh copies on demand."""
+
+    def __init__(
+        self,
+        run: RunTarget,
+        *,
+        model: str | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        trust_remote_code: bool = False,
+        eval_batch_size: int = 64,
+        progress: bool = True,
+    ) -> None:
+        from rwku.methods import get_method
+        from rwku.models.hf import HFLanguageModel
+        from rwku.models.resolve import load_model
+
+        self.run = run
+        spec = model if model is not None else run.model
+        loaded = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        fingerprint = loaded.info.get("fingerprint")
+        if run.fingerprint and fingerprint and run.fingerprint != fingerprint:
+            raise ConfigError(
+                f"run {run.run_dir} was made with model {run.fingerprint[:24]}..., but the model given "
+                f"({loaded.info.get('name')}) is {fingerprint[:24]}...; pass the run's own --model"
+            )
+        self.info = loaded.info
+        self.tokenizer = loaded.tokenizer
+        self.original = loaded.model
+        self.original.eval()
+        self.method = get_method(run.method, **run.method_options) if run.method != "external" else None
+        self.prompt_prefix: str | None = self.method.prompt_prefix() if self.method is not None else None
+        self._vectors: dict[str, Any] = {}
+        self.unlearned = self._load_unlearned(device, dtype)
+        self.lm = HFLanguageModel(
+            self.original, self.tokenizer, self.info, batch_size=eval_batch_size, progress=progress
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.info.get("fingerprint") or "unknown")
+
+    def _load_unlearned(self, device: str, dtype: str):
+        import torch
+
+        weights = self.run.weights
+        if weights is None:  # inference-time method: the original weights
+            return self.original
+        if (weights / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            merged = PeftModel.from_pretrained(self.fresh("original"), str(weights)).merge_and_unload()
+            return merged.eval()
+        from transformers import AutoModelForCausalLM
+
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, dtype=torch_dtype)
+        return model.to(device).eval()
+
+    def fresh(self, which: str):
+        """A copy of the ``original`` or ``unlearned`` model that a fine-tuning run may change."""
+        from rwku.models.packed import release_packed
+
+        model = self.original if which == "original" else self.unlearned
+        release_packed(model)  # the engine's packed weights cannot be copied (and are rebuilt)
+        return copy.deepcopy(model)
+
+    def guard(self, model, which: str, target) -> Callable[[], None] | None:
+        """Install the run's inference-time change (RepE hooks) on ``model``; the undo function.
+
+        ICU's change is its prompt prefix (:attr:`prompt_prefix`), applied by the evaluation.
+        The original model (``which == "original"``) is never changed.
+        """
+        if which == "original" or self.method is None or self.method.kind != "inference":
+            return None
+        if self.method.name == "repe":
+            if target.name not in self._vectors:
+                from rwku.methods.repe import control_vectors
+
+                self._vectors[target.name] = control_vectors(self.original, self.tokenizer, target)
+            return self.method.install(model, self.tokenizer, target, vectors=self._vectors[target.name])
+        return self.method.install(model, self.tokenizer, target)
+
+    def prefix_for(self, which: str) -> str | None:
+        return self.prompt_prefix if which == "unlearned" else None

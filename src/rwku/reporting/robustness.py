@@ -1,0 +1,278 @@
+"""The robustness section of ``rwku report``: how much of each method's forgetting comes back.
+
+Reads the ``attacks`` records of a sweep's cells (a sweep YAML with ``attacks:``) and makes
+
+* the **relearning table**: per method group and data kind, the recovery R (in %, mean ± CI
+  over targets) of the gold-answer likelihood at every budget, of ROUGE (All) at the last
+  budget, and the original-model control's teaching ratio T at the last budget;
+* the **in-context table**: per method group, the gain (×100 points, mean ± CI over targets)
+  that each context gives the unlearned model, and the answer context's gain on the original;
+* the **figure**: R of the likelihood against relearning steps, one panel per data kind, one
+  line per method group, the controls' T as a dashed grey line.
+
+Rows are :class:`~rwku.reporting.aggregate.Row` objects, so Markdown, CSV, LaTeX and HTML use
+the same writers as Table 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rwku.reporting.aggregate import Row, RunData, Stat, _sort_key, group_key, label_for, mean_ci
+
+KIND_ORDER = ("split", "related", "unrelated")
+CONTEXT_COLUMNS = (
+    ("ans ΔLL", "unlearned", "answer", "ll"),
+    ("ans ΔAll", "unlearned", "answer", "all"),
+    ("rel ΔLL", "unlearned", "related", "ll"),
+    ("ren ΔLL", "unlearned", "renamed", "ll"),
+    ("orig ans ΔLL", "original", "answer", "ll"),
+)
+
+
+@dataclass
+class Robustness:
+    relearn_rows: list[Row] = field(default_factory=list)
+    relearn_columns: list[str] = field(default_factory=list)
+    incontext_rows: list[Row] = field(default_factory=list)
+    incontext_columns: list[str] = field(default_factory=list)
+    #: (kind, group label) → [(step, R stat)], and kind → [(step, T stat)] for the figure
+    curves: dict[tuple[str, str], list[tuple[int, Stat]]] = field(default_factory=dict)
+    controls: dict[str, list[tuple[int, Stat]]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        return not self.relearn_rows and not self.incontext_rows
+
+
+def _attack_records(run: RunData, attack: str) -> dict[tuple, list[dict[str, Any]]]:
+    """group key → every target's record of ``attack`` in the cells of that group."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for result in run.results:
+        record = result.get("record") or {}
+        att = (record.get("attacks") or {}).get(attack)
+        if not att:
+            continue
+        groups.setdefault(group_key(result["cell"]), []).extend(att["targets"].values())
+    return {k: groups[k] for k in sorted(groups, key=_sort_key)}
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100.0 * v
+
+
+def relearn_table(run: RunData, confidence: float = 0.95) -> Robustness:
+    out = Robustness()
+    groups = _attack_records(run, "relearn")
+    budgets = sorted(
+        {
+            p["step"]
+            for recs in groups.values()
+            for r in recs
+            for c in r["curves"].values()
+            for p in c.get("unlearned", [])
+        }
+    )
+    steps = [b for b in budgets if b > 0]
+    if not steps:
+        return out
+    last = steps[-1]
+    out.relearn_columns = [f"R% LL@{s}" for s in steps] + [f"R% All@{last}", f"T% LL@{last}"]
+    controls: dict[str, dict[int, list[float | None]]] = {}
+    for key, records in groups.items():
+        for kind in KIND_ORDER:
+            curves = [r["curves"][kind] for r in records if "unlearned" in r["curves"].get(kind, {})]
+            if not curves:
+                continue
+
+            def at(entry: list[dict], step: int, field_: str, metric: str) -> float | None:
+                for p in entry:
+                    if p["step"] == step and p.get(field_):
+                        return p[field_].get(metric)
+                return None
+
+            values: dict[str, Stat] = {}
+            for s in steps:
+                values[f"R% LL@{s}"] = mean_ci(
+                    [_pct(at(c["unlearned"], s, "recovery", "ll")) for c in curves], confidence
+                )
+            values[f"R% All@{last}"] = mean_ci(
+                [_pct(at(c["unlearned"], last, "recovery", "all")) for c in curves], confidence
+            )
+            values[f"T% LL@{last}"] = mean_ci(
+                [_pct(at(c.get("original", []), last, "teaching", "ll")) for c in curves], confidence
+            )
+            label = f"{label_for(key)} · {kind}"
+            out.relearn_rows.append(Row(label, key, len(curves), values))
+            out.curves[(kind, label_for(key))] = [(0, Stat(0.0, None, len(curves)))] + [
+                (s, values[f"R% LL@{s}"]) for s in steps
+            ]
+            for s in steps:
+                controls.setdefault(kind, {}).setdefault(s, []).extend(
+                    _pct(at(c.get("original", []), s, "teaching", "ll")) for c in curves
+                )
+    out.controls = {
+        kind: [(0, Stat(0.0, None, 0))] + [(s, mean_ci(v, confidence)) for s, v in sorted(by_step.items())]
+        for kind, by_step in controls.items()
+    }
+    return out
+
+
+def incontext_table(run: RunData, confidence: float = 0.95) -> tuple[list[Row], list[str]]:
+    rows = []
+    for key, records in _attack_records(run, "incontext").items():
+        values = {}
+        for col, which, kind, metric in CONTEXT_COLUMNS:
+            values[col] = mean_ci(
+                [r["models"][which]["contexts"][kind]["gain"].get(metric) for r in records], confidence
+            )
+        rows.append(Row(label_for(key), key, len(records), values))
+    return rows, [c[0] for c in CONTEXT_COLUMNS]
+
+
+def robustness(run: RunData, confidence: float = 0.95) -> Robustness:
+    out = relearn_table(run, confidence)
+    out.incontext_rows, out.incontext_columns = incontext_table(run, confidence)
+    if not out.incontext_rows:
+        out.incontext_columns = []
+    return out
+
+
+def plot_recovery(rob: Robustness, path: Path) -> Path | None:
+    """R (gold-answer likelihood, %) against relearning steps: a panel per data kind."""
+    if not rob.curves:
+        return None
+    from rwku.reporting.plots import DPI, _pyplot
+
+    plt = _pyplot()
+    kinds = [k for k in KIND_ORDER if any(kk == k for kk, _ in rob.curves)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.8), squeeze=False, sharey=True)
+    for ax, kind in zip(axes[0], kinds):
+        for (k, label), pts in rob.curves.items():
+            if k != kind:
+                continue
+            pts = [(x, s) for x, s in pts if s.mean is not None]
+            ax.errorbar(
+                [x for x, _ in pts],
+                [s.mean for _, s in pts],
+                yerr=[s.ci or 0.0 for _, s in pts],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        ctl = [(x, s) for x, s in rob.controls.get(kind, []) if s.mean is not None]
+        if ctl:
+            ax.plot(
+                [x for x, _ in ctl],
+                [s.mean for _, s in ctl],
+                "--",
+                color="grey",
+                label="control (original, T)",
+            )
+        ax.axhline(100, color="black", lw=0.6, alpha=0.5)
+        ax.set_title(f"relearning on {kind} text", fontsize=9)
+        ax.set_xlabel("relearning steps")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("recovery R of gold-answer likelihood (%)")
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle("How much of the forgotten likelihood comes back", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def markdown(rob: Robustness, to_markdown) -> list[str]:
+    """The report.md lines of the section (nothing when the sweep ran no attacks)."""
+    if rob.empty:
+        return []
+    lines = ["## Robustness: is it really gone?", ""]
+    if rob.relearn_rows:
+        lines += [
+            "Recovery R (%) of what unlearning removed, on the held-out half of the forget probes, after "
+            "relearning for the given steps; T = the same attack's gain on the original model (how much "
+            "the data teaches by itself). – = not measurable (less than 0.5 points forgotten). "
+            "docs/attacks.md explains every column.",
+            "",
+            to_markdown(rob.relearn_rows, rob.relearn_columns),
+            "",
+        ]
+    if rob.incontext_rows:
+        lines += [
+            "In-context re-introduction: gain (points ×100) of the unlearned model when the probe is asked "
+            "with a context that holds the answer (ans), related text without answers (rel), or the answer "
+            "under an invented name (ren); last column: the original model's gain with the answer context.",
+            "",
+            to_markdown(rob.incontext_rows, rob.incontext_columns),
+            "",
+        ]
+    return lines
+
+
+def sections(rob: Robustness, figure, section_cls) -> list[Any]:
+    """The report.html sections (none when the sweep ran no attacks)."""
+    out = []
+    if rob.relearn_rows:
+        out.append(
+            section_cls(
+                "Robustness: relearning attack",
+                rob.relearn_rows,
+                rob.relearn_columns,
+                figures=[figure] if figure is not None and figure.path is not None else [],
+                notes=[
+                    "R (%) = (attacked − unlearned) / (original − unlearned); T = the control's gain in the same units."
+                ],
+            )
+        )
+    if rob.incontext_rows:
+        out.append(
+            section_cls("Robustness: in-context re-introduction", rob.incontext_rows, rob.incontext_columns)
+        )
+    return out
+
+
+def to_latex(rows: Sequence[Row], columns: Sequence[str]) -> str:
+    """A plain booktabs table (mean, subscript ± CI half-width)."""
+    from rwku.reporting.aggregate import latex_escape
+
+    lines = [
+        r"\begin{tabular}{l" + "c" * len(columns) + "}",
+        r"\toprule",
+        " & ".join(["Method · data", *(latex_escape(c) for c in columns)]) + r" \\",
+        r"\midrule",
+    ]
+    for r in rows:
+        cells = []
+        for c in columns:
+            s = r.values[c]
+            cells.append(
+                "-"
+                if s.mean is None
+                else f"{s.mean:.1f}"
+                if s.ci is None
+                else f"${s.mean:.1f}_{{\\pm {s.ci:.1f}}}$"
+            )
+        lines.append(" & ".join([latex_escape(r.label), *cells]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def write_files(rob: Robustness, out: Path, to_csv) -> list[Path]:
+    """robustness.csv / robustness.tex and incontext.csv (when there are rows)."""
+    from rwku.io import atomic_write_text
+
+    files: list[Path] = []
+    if rob.relearn_rows:
+        files.append(atomic_write_text(out / "robustness.csv", to_csv(rob.relearn_rows, rob.relearn_columns)))
+        files.append(
+            atomic_write_text(out / "robustness.tex", to_latex(rob.relearn_rows, rob.relearn_columns))
+        )
+    if rob.incontext_rows:
+        files.append(
+            atomic_write_text(out / "incontext.csv", to_csv(rob.incontext_rows, rob.incontext_columns))
+        )
+    return files

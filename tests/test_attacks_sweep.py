@@ -1,0 +1,91 @@
+"""Attacks inside a sweep (the `attacks:` key), and the robustness section of `rwku report`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from rwku.errors import ConfigError
+from rwku.experiments.grid import expand_grid
+from rwku.experiments.sweep import RunOptions, read_cell, run_sweep
+from rwku.reporting.report import write_report
+
+
+def _grid(tiny_model_dir, **extra) -> dict:
+    return {
+        "name": "attacks",
+        "model": str(tiny_model_dir),
+        "targets": ["Stephen King"],
+        "methods": [{"name": "ga", "modes": ["full"], "lr": 1.0e-3}],
+        "suites": "forget",
+        "limit": 2,
+        "corpus": "authors",
+        "corpus_size": 4,
+        "max_length": 32,
+        "epochs": 1,
+        "batch_size": 2,
+        "threads": 1,
+        **extra,
+    }
+
+
+ATTACKS = {"relearn": {"kinds": ["split"], "budgets": [0, 2], "max_length": 32}, "incontext": {}}
+
+
+def test_attacks_key_is_validated_and_keeps_ids_of_grids_without_it(tiny_model_dir):
+    plain = expand_grid(_grid(tiny_model_dir)).cells[0]
+    attacked = expand_grid(_grid(tiny_model_dir, attacks=ATTACKS)).cells[0]
+    assert "attacks" not in plain.spec() and plain.id != attacked.id
+    assert attacked.spec()["attacks"]["relearn"]["budgets"] == [0, 2]
+    assert type(attacked).from_dict(attacked.to_dict()).id == attacked.id  # manifests round-trip
+    assert expand_grid(_grid(tiny_model_dir, attacks=["incontext"])).cells[0].attacks == {"incontext": {}}
+    for bad, message in (
+        ({"bogus": {}}, "unknown attack"),
+        ({"relearn": {"budgets": [5, 2]}}, "increasing"),
+        ({"incontext": {"x": 1}}, "takes no options"),
+        ("relearn", "must map attack names"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            expand_grid(_grid(tiny_model_dir, attacks=bad))
+
+
+def test_sweep_attacks_every_cell_and_report_shows_the_robustness_tables(
+    tiny_model_dir, data_dir, tmp_path, isolated_cache
+):
+    plan = expand_grid(_grid(tiny_model_dir, attacks=ATTACKS))
+    out = tmp_path / "out"
+    assert run_sweep(plan, out, opts=RunOptions(data=str(data_dir), log=lambda m: None)).ok
+    cell = plan.cells[0]
+    result = read_cell(out / "cells" / f"{cell.id}.json")
+    attacks = result["record"]["attacks"]
+    rec = attacks["relearn"]["targets"]["Stephen King"]
+    assert [p["step"] for p in rec["curves"]["split"]["unlearned"]] == [0, 2]
+    assert attacks["incontext"]["targets"]["Stephen King"]["coverage"]["answer"] > 0
+    # the scratch run folder (weights read back by the attacks) is gone; save_runs was off
+    assert not (out / "runs").exists() and not [p for p in out.iterdir() if p.name.startswith("rwku-")]
+
+    report = write_report(out)
+    rows = list(csv.DictReader(io.StringIO((report.out / "robustness.csv").read_text())))
+    assert len(rows) == 1 and rows[0]["label"].endswith("· split")
+    r = rec["curves"]["split"]["unlearned"][1]["recovery"]["ll"]
+    value = rows[0]["R% LL@2"]
+    assert (value == "" and r is None) or float(value) == pytest.approx(100 * r)
+    assert (report.out / "incontext.csv").is_file() and (report.out / "robustness.tex").is_file()
+    assert (report.out / "plots" / "relearn_recovery.png").read_bytes()[:4] == b"\x89PNG"
+    md = (report.out / "report.md").read_text()
+    assert "## Robustness: is it really gone?" in md and "ans ΔLL" in md
+    html = (report.out / "report.html").read_text()
+    assert "Robustness: relearning attack" in html and "Robustness: in-context re-introduction" in html
+
+
+def test_report_without_attacks_has_no_robustness_section(tiny_model_dir, data_dir, tmp_path, isolated_cache):
+    plan = expand_grid(_grid(tiny_model_dir, methods=["icu"]))
+    out = tmp_path / "out"
+    assert run_sweep(plan, out, opts=RunOptions(data=str(data_dir), log=lambda m: None)).ok
+    report = write_report(out)
+    assert not (report.out / "robustness.csv").exists()
+    assert "Robustness" not in (report.out / "report.md").read_text()
+    assert json.loads((out / "manifest.json").read_text())["cells"][0]["id"] == plan.cells[0].id
