@@ -293,19 +293,30 @@ def test_a_locked_cell_is_left_to_its_holder(tiny_model_dir, data_dir, tmp_path,
 
 
 def test_a_failing_cell_is_recorded_and_retried_without_stopping_the_sweep(
-    tiny_model_dir, data_dir, tmp_path, isolated_cache
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, monkeypatch
 ):
-    # layers 5-9 do not exist in the 2-layer tiny model: that cell fails, the others run
+    # the cell on layers 1-2 raises while it runs (a layer range the model lacks is now caught
+    # before any cell runs, see below): that cell fails, the others run
+    import rwku.experiments.unlearn as unlearn
+
+    real = unlearn.run_unlearning
+
+    def flaky(cfg, **kwargs):
+        if cfg.mode == "partial" and cfg.layers == "1-2":
+            raise RuntimeError("layer 1 exploded")
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(unlearn, "run_unlearning", flaky)
     grid = tiny_grid(
         tiny_model_dir,
         targets=[1],
-        methods=["icu", {"name": "ga", "modes": ["partial"], "grid": {"layers": ["5-9", "0-1"]}}],
+        methods=["icu", {"name": "ga", "modes": ["partial"], "grid": {"layers": ["1-2", "0-1"]}}],
         record_epochs=None,
     )
     plan = expand_grid(grid, resolve_target=resolve)
     out = tmp_path / "out"
     summary = run_sweep(plan, out, opts=RunOptions(data=str(data_dir), log=lambda m: None))
-    assert len(summary.failed) == 1 and "layers5-9" in summary.failed[0]
+    assert len(summary.failed) == 1 and "layers1-2" in summary.failed[0]
     assert summary.finished_now == 2 and not summary.ok
     error = json.loads((out / "errors" / f"{summary.failed[0]}.json").read_text())
     assert "layer" in error["error"] and error["traceback"]
