@@ -253,7 +253,7 @@ def test_report_writes_every_file_and_a_self_contained_html(run_dir, tmp_path):
     assert all(base64.b64decode(i).startswith(PNG) for i in images)
     assert 'src="plots/' not in page and "http://" not in page and "https://" not in page
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert result.table_markdown in md and "skipped" not in md
+    assert result.table_markdown in md and "Not in this run" not in md
 
 
 def test_figures_without_data_are_skipped_with_a_note(run_dir, tmp_path):
@@ -264,13 +264,13 @@ def test_figures_without_data_are_skipped_with_a_note(run_dir, tmp_path):
             f.unlink()
     result = write_report(only_icu)
     md = (only_icu / "report" / "report.md").read_text()
-    for note in (
-        "no cells with record_epochs",
-        "no batch-setting cells",
-        "no partial-mode cells",
-        "no RepE cells",
-    ):
-        assert note in md
+    addable = next(line for line in md.splitlines() if line.startswith("Not in this run (could be added):"))
+    for hint in ("record_epochs", "setting: batch", "modes: [partial]", "grid: {alpha"):
+        assert hint in addable
+    page = (only_icu / "report" / "report.html").read_text()
+    for empty in ("Trade-offs", "Batch setting", "Partial layers", "no cells"):  # no empty sections
+        assert f"<h2>{empty}" not in page and empty not in md
+    assert "<h2>Not in this run</h2>" in page and "<h2>By attack type</h2>" in page
     assert "| ICU | 2 |" in md and "[batch k=2]" not in md
     assert "cells not finished yet" in md  # the removed cells are reported missing, not silently dropped
     assert {p.name for p in result.files} & PLOTS == {"attack_types.png"}
@@ -326,3 +326,172 @@ def test_html_report_renders_in_headless_chromium(run_dir, tmp_path):
     ).stdout
     assert "<table>" in dom and "F-All" in dom and "NPO (lora) lr=0.001" in dom
     assert dom.count("<img") == len(PLOTS)
+
+
+# --------------------------------------------------------------------------------------------
+# The verdict: changes from Before, paired per target; honest n; saved reports re-rendered
+# --------------------------------------------------------------------------------------------
+
+
+def _single_npo(run_dir: Path) -> list[dict]:
+    return [c for c in cells(run_dir) if c["cell"]["method"] == "npo" and c["cell"]["setting"] == "single"]
+
+
+def test_delta_table_is_after_minus_before_paired_per_target(run_dir):
+    rows = {r.label: r for r in agg.delta_table(agg.load_run(run_dir))}
+    npo = rows["NPO (lora) lr=0.001"]
+    files = _single_npo(run_dir)
+    assert npo.n == len(files) == 2
+    for col in ("F-All", "N-All", "MIA-FM", "Flu", "F-LL"):
+        diffs = [
+            table_values(c["record"]["after"])[col] - table_values(c["record"]["before"])[col] for c in files
+        ]
+        want = agg.mean_ci(diffs)
+        got = npo.values[f"Δ{col}"]
+        assert got.mean == pytest.approx(want.mean) and got.ci == pytest.approx(want.ci) and got.n == 2
+    for col in ("F-LL", "N-LL"):
+        before = sum(table_values(c["record"]["before"])[col] for c in files)
+        after = sum(table_values(c["record"]["after"])[col] for c in files)
+        assert npo.values[f"{col} %"].mean == pytest.approx(100 * (after / before - 1))
+    line = agg.reading(npo)
+    assert line.startswith("NPO (lora) lr=0.001: forget ")
+    assert f"{abs(npo.values['F-LL %'].mean):.0f} %" in line and "n = 2" in line
+    # paired: a batch row pairs each of its k targets with that target's Before
+    batch = rows["NPO (lora) lr=0.001 [batch k=2]"]
+    assert batch.n == 2 and batch.values["ΔF-All"].n == 2
+
+
+def test_attack_type_changes_are_paired_and_values_over_fewer_targets_show_their_n(run_dir):
+    run = agg.load_run(run_dir)
+    types, _ = agg.attack_types(run)
+    npo = next(r for r in agg.attack_type_deltas(run, types) if r.label == "NPO (lora) lr=0.001")
+    files = _single_npo(run_dir)
+    for t in types:
+        pairs = [
+            (
+                c["record"]["before"]["scores"]["forget"]["aa_by_type"],
+                c["record"]["after"]["scores"]["forget"]["aa_by_type"],
+            )
+            for c in files
+        ]
+        diffs = [a[t] - b[t] for b, a in pairs if t in a and t in b]
+        assert npo.values[t].n == len(diffs)
+        if diffs:
+            assert npo.values[t].mean == pytest.approx(np.mean(diffs))
+    assert agg.cell_text(agg.Stat(16.7, 211.8, 2), row_n=5) == "16.7 ± 211.8 (n=2)"
+    assert agg.cell_text(agg.Stat(16.7, 2.0, 5), row_n=5) == "16.7 ± 2.0"
+    assert agg.cell_text(agg.Stat(-1.25, None, 5), signed=True) == "-1.2"
+    assert agg.cell_text(agg.Stat(3.0, None, 5), signed=True) == "+3.0"
+
+
+def test_report_files_carry_the_changes_and_a_saved_report_re_renders_from_its_csv(run_dir, tmp_path):
+    rep = tmp_path / "rep"
+    write_report(run_dir, rep)
+    md = (rep / "report.md").read_text()
+    assert md.index("## Change from Before") < md.index("## Table 1")
+    assert "- NPO (lora) lr=0.001: forget " in md
+    table1_header = next(line for line in md.splitlines() if line.startswith("| Method | n | F-LL | N-LL |"))
+    assert table1_header  # the likelihood columns first
+    deltas = list(csv.DictReader(io.StringIO((rep / "deltas.csv").read_text())))
+    paired = {r.label: r for r in agg.delta_table(agg.load_run(run_dir))}
+    for d in deltas:
+        assert float(d["F-LL %"]) == pytest.approx(paired[d["label"]].values["F-LL %"].mean)
+        assert int(d["ΔF-All_n"]) == paired[d["label"]].values["ΔF-All"].n
+    columns, rows = agg.from_csv((rep / "table1.csv").read_text())
+    assert columns == agg.COLUMN_NAMES and [r.key for r in rows] == [
+        r.key for r in agg.table1(agg.load_run(run_dir))
+    ]
+
+    saved = tmp_path / "saved"
+    shutil.copytree(rep, saved)
+    (saved / "plots" / "tradeoff_epochs.png").unlink()
+    table1 = (saved / "table1.csv").read_bytes()
+    write_report(saved)  # no cells/: re-rendered in place from the CSV files
+    assert (saved / "table1.csv").read_bytes() == table1  # the source is left as it was
+    md = (saved / "report.md").read_text()
+    assert "Re-rendered from the saved table1.csv" in md and "difference of the means" in md
+    assert not (saved / "plots" / "tradeoff_epochs.png").exists()  # cannot be drawn from Table 1
+    assert "trade-off across epochs" in md.split("Not in this run (could be added):")[1]
+    again = {r["label"]: r for r in csv.DictReader(io.StringIO((saved / "deltas.csv").read_text()))}
+    # every row holds the same targets as Before, so the difference of the means is the paired mean
+    for label in ("NPO (lora) lr=0.001", "ICU", "GA (partial) layers=0-1, lr=0.001"):
+        for col in ("F-LL %", "ΔF-All", "ΔN-LL"):
+            assert float(again[label][col]) == pytest.approx(paired[label].values[col].mean)
+        assert again[label]["ΔF-All_ci"] == ""
+
+
+STUDY = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-study"
+MEASURE = """<script>
+window.addEventListener('load', () => {
+  const right = (el) => Math.ceil(el.getBoundingClientRect().right);
+  const tables = [...document.querySelectorAll('table')].map((t) => right(t));
+  const heads = [...document.querySelectorAll('table')].map((t) => [...t.querySelectorAll('th')].map(right));
+  const lines = [...document.querySelectorAll('ul.reading li')].map(right);
+  const pre = document.createElement('pre');
+  pre.id = 'measured';
+  pre.textContent = JSON.stringify({width: window.innerWidth, scroll: document.documentElement.scrollWidth,
+    tables, heads, lines, h2: [...document.querySelectorAll('h2')].map((h) => h.textContent)});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def _chromium() -> str:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        if os.environ.get("RWKU_REQUIRE_CHROMIUM"):
+            pytest.fail("RWKU_REQUIRE_CHROMIUM is set but chromium is not installed")
+        pytest.skip("chromium is not installed (apt-get install -y chromium); CI installs it")
+    return chromium
+
+
+def _measure(page: Path, tmp_path: Path) -> dict:
+    """Lay the page out in a 1,300 px wide headless Chromium and measure it."""
+    probe = tmp_path / "measure.html"
+    probe.write_text(page.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1300,900",
+            "--dump-dom",
+            probe.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    found = re.search(r'<pre id="measured">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+@pytest.mark.parametrize("setting", ["single", "batch"])
+def test_study_report_shows_the_verdict_without_horizontal_scrolling(setting, tmp_path):
+    """docs/results/cpu-study, regenerated: the reading and the change table come first, and
+    every column of every table lies inside the first screen's width at 1,300 px."""
+    saved = tmp_path / setting
+    shutil.copytree(STUDY / setting, saved)
+    write_report(saved)
+    m = _measure(saved / "report.html", tmp_path)
+    assert m["width"] == 1300 and m["scroll"] <= m["width"]
+    assert m["h2"][0].startswith("Change from Before") and m["h2"][1] == "Table 1"
+    assert len(m["lines"]) == len((saved / "deltas.csv").read_text().splitlines()) - 1 >= 4
+    for right in [*m["tables"], *(r for heads in m["heads"] for r in heads), *m["lines"]]:
+        assert right <= m["width"]
+    assert not any(h in ("Trade-offs", "Partial layers") for h in m["h2"])
+    page = (saved / "report.html").read_text()
+    for head in ("F-LL %", "N-LL %", "ΔF-LL", "ΔFlu"):
+        assert f">{head}</th>" in page
+
+
+def test_tiny_report_fits_the_window_too(run_dir, tmp_path):
+    write_report(run_dir, tmp_path / "rep")
+    m = _measure(tmp_path / "rep" / "report.html", tmp_path)
+    assert m["scroll"] <= m["width"] == 1300
+    assert m["tables"][0] <= m["width"] and m["tables"][1] <= m["width"]  # changes and Table 1

@@ -293,19 +293,30 @@ def test_a_locked_cell_is_left_to_its_holder(tiny_model_dir, data_dir, tmp_path,
 
 
 def test_a_failing_cell_is_recorded_and_retried_without_stopping_the_sweep(
-    tiny_model_dir, data_dir, tmp_path, isolated_cache
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, monkeypatch
 ):
-    # layers 5-9 do not exist in the 2-layer tiny model: that cell fails, the others run
+    # the cell on layers 1-2 raises while it runs (a layer range the model lacks is now caught
+    # before any cell runs, see below): that cell fails, the others run
+    import rwku.experiments.unlearn as unlearn
+
+    real = unlearn.run_unlearning
+
+    def flaky(cfg, **kwargs):
+        if cfg.mode == "partial" and cfg.layers == "1-2":
+            raise RuntimeError("layer 1 exploded")
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(unlearn, "run_unlearning", flaky)
     grid = tiny_grid(
         tiny_model_dir,
         targets=[1],
-        methods=["icu", {"name": "ga", "modes": ["partial"], "grid": {"layers": ["5-9", "0-1"]}}],
+        methods=["icu", {"name": "ga", "modes": ["partial"], "grid": {"layers": ["1-2", "0-1"]}}],
         record_epochs=None,
     )
     plan = expand_grid(grid, resolve_target=resolve)
     out = tmp_path / "out"
     summary = run_sweep(plan, out, opts=RunOptions(data=str(data_dir), log=lambda m: None))
-    assert len(summary.failed) == 1 and "layers5-9" in summary.failed[0]
+    assert len(summary.failed) == 1 and "layers1-2" in summary.failed[0]
     assert summary.finished_now == 2 and not summary.ok
     error = json.loads((out / "errors" / f"{summary.failed[0]}.json").read_text())
     assert "layer" in error["error"] and error["traceback"]
@@ -453,3 +464,42 @@ def test_ray_local_cluster_gives_the_plain_run(plain_run, data_dir, tmp_path, mo
     assert cell_numbers(out) == reference
     hosts = {read_cell(f)["pid"] for f in (out / "cells").glob("*.json")}
     assert os.getpid() not in hosts  # the cells ran in Ray's worker processes, not here
+
+
+def test_one_invalid_cell_fails_the_sweep_before_any_cell_runs(
+    tiny_model_dir, data_dir, tmp_path, monkeypatch
+):
+    """A layer range the (2-layer) model does not have, in one cell among valid ones: the sweep
+    stops before the first cell, naming that cell and the option, and exits 2 from the CLI."""
+    import rwku.experiments.sweep as sweep_mod
+
+    def no_cell(*args, **kwargs):
+        raise AssertionError("a cell ran before every cell was validated")
+
+    monkeypatch.setattr(sweep_mod, "run_cell", no_cell)
+    grid = {
+        "model": str(tiny_model_dir),
+        "targets": [1],
+        "methods": ["icu", {"name": "ga", "modes": ["partial"], "grid": {"layers": ["0-1", "1-3"]}}],
+    }
+    plan = expand_grid(grid, resolve_target=resolve)  # valid as a config: the model is not read
+    bad = next(c for c in plan.cells if c.params.get("layers") == "1-3")
+    with pytest.raises(ConfigError) as info:
+        run_sweep(plan, tmp_path / "out", opts=RunOptions(data=str(data_dir), log=lambda m: None))
+    message = str(info.value)
+    assert f"cell {bad.id}" in message and "layers '1-3'" in message and "2 layers" in message
+    assert not (tmp_path / "out").exists()
+
+    cfg = tmp_path / "grid.yaml"
+    cfg.write_text(yaml.safe_dump(grid))
+    result = runner.invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "o"), "--data", str(data_dir)])
+    assert result.exit_code == 2 and bad.id in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_layer_count_of_the_default_model_is_read_without_loading_it():
+    from rwku.models.resolve import model_layer_count
+
+    if not (ROOT.parent / "shared" / "models").is_dir() and not os.environ.get("RWKU_MODEL"):
+        pytest.skip("the default model is not beside this checkout")
+    assert model_layer_count(None) == 30

@@ -497,3 +497,51 @@ def test_ctrl_c_leaves_an_interrupted_record_and_no_weights(tiny_model_dir, data
     assert saved["run"]["status"] == "interrupted" and saved["after"] == {}
     assert json.loads((tmp_path / "r" / "status.json").read_text())["status"] == "interrupted"
     assert not (tmp_path / "r" / "weights").exists() and not list((tmp_path / "r").glob(".weights*"))
+
+
+# --------------------------------------------------------------------------------------------
+# Fail early: options checked against the loaded model before any evaluation or training
+# --------------------------------------------------------------------------------------------
+
+
+def test_layers_out_of_range_fail_right_after_loading(tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    import time
+
+    import rwku.evaluation.runner as runner_mod
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated before the layer range was checked")
+
+    monkeypatch.setattr(runner_mod, "evaluate", no_evaluation)
+    monkeypatch.setenv("RWKU_CACHE", str(tmp_path / "cache"))
+    args = ["run", "--model", str(tiny_model_dir), "--target", "1", "--data", str(data_dir), "--method", "ga"]
+    t0 = time.perf_counter()
+    result = runner.invoke(
+        app, [*args, "--mode", "partial", "--layers", "1-5", "--run-dir", str(tmp_path / "r")]
+    )
+    assert time.perf_counter() - t0 < 30
+    assert result.exit_code == 2, result.output
+    assert "layers '1-5'" in result.output and "2 layers" in result.output
+    assert "Traceback" not in result.output and "AssertionError" not in result.output
+    assert not (tmp_path / "r").exists()  # nothing was built or saved
+
+
+def test_memory_for_the_training_mode_is_checked_against_what_is_free(monkeypatch):
+    from types import SimpleNamespace
+
+    import rwku.experiments.unlearn as unlearn
+
+    model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=30))
+    monkeypatch.setattr(unlearn, "_free_memory_bytes", lambda device: 2 * 2**30)  # 2 GiB free
+    full = UnlearnConfig(method="ga", mode="full")
+    unlearn.check_against_model(full, model, 100_000_000, "cpu")  # 1.1 GiB of state: fits
+    with pytest.raises(ConfigError, match=r"mode full trains 1000M parameters.*11\.2 GiB.*2\.0 GiB is free"):
+        unlearn.check_against_model(full, model, 1_000_000_000, "cpu")
+    # partial trains 3 of 30 layers, LoRA and inference-time methods keep the base weights frozen
+    unlearn.check_against_model(UnlearnConfig(method="ga", mode="partial", layers="0-3"), model, 10**9, "cpu")
+    unlearn.check_against_model(UnlearnConfig(method="ga", mode="lora"), model, 10**9, "cpu")
+    unlearn.check_against_model(UnlearnConfig(method="icu", mode="full"), model, 10**9, "cpu")
+    with pytest.raises(ConfigError, match=r"layers '28-31'.*30 layers"):
+        unlearn.check_against_model(
+            UnlearnConfig(method="ga", mode="partial", layers="28-31"), model, 1, "cpu"
+        )

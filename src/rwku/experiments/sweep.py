@@ -400,6 +400,24 @@ class SweepSummary:
         return not self.failed and not self.busy
 
 
+def check_cells(cells: list[Cell], opts: RunOptions) -> None:
+    """Validate every cell with this machine's options before the first one runs, so a typo in
+    one cell cannot surface hours into a sweep: the config of each cell (again, with the
+    runtime options), and the partial-mode layer ranges against the model's number of layers
+    where that is known without loading it (:func:`rwku.models.resolve.model_layer_count`).
+    The first mistake is a ConfigError naming the cell and the option."""
+    from rwku.experiments.unlearn import check_layers
+    from rwku.models.resolve import model_layer_count
+
+    layers: dict[str | None, int | None] = {}
+    for cell in cells:
+        cfg = cell.unlearn_config(data=opts.data, device=opts.device, threads=opts.threads)
+        if cfg.mode == "partial" and cell.mode == "partial":
+            if cfg.model not in layers:
+                layers[cfg.model] = model_layer_count(cfg.model)
+            check_layers(cfg, layers[cfg.model], source=f"cell {cell.id}")
+
+
 def prepare_out(out: Path, plan: SweepPlan) -> None:
     for sub in (CELLS_DIR, ERRORS_DIR, LOCKS_DIR):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -416,6 +434,7 @@ def run_sweep(
     """Run the cells of ``plan`` (or of one shard of it) that are not finished yet, in order."""
     opts = opts or RunOptions()
     out = Path(out)
+    check_cells(plan.cells, opts)
     prepare_out(out, plan)
     cells = plan.shard(*shard) if shard else plan.cells
     todo = [c for c in cells if not is_finished(out, c)]
@@ -516,6 +535,7 @@ def run_with_ray(
 
     opts = opts or RunOptions()
     out = Path(out)
+    check_cells(plan.cells, opts)
     ray_init(address, **(init_kwargs or {}))
     prepare_out(out, plan)
     cells = plan.shard(*shard) if shard else plan.cells

@@ -1,6 +1,7 @@
 """The unlearning recipe: one target (or several), one method, one mode — top to bottom.
 
-1. open the data and the original model;
+1. open the data and the original model, and check the options against it (layer range,
+   memory for the training mode) before anything is evaluated;
 2. evaluate the original model (from the result cache when it has been evaluated before);
 3. get the forget corpus the method needs (the model writes it itself, cached; or the
    authors' Llama-3 corpora; or the corpus a previous run saved) and, for the
@@ -325,6 +326,69 @@ def parse_layers(spec: str) -> tuple[int, int]:
     return a, b
 
 
+def check_layers(cfg: UnlearnConfig, num_layers: int | None, source: str = "options") -> None:
+    """A partial-mode layer range against the model's number of decoder layers (if known)."""
+    if cfg.mode != "partial" or num_layers is None:
+        return
+    from rwku.methods import get_method
+    from rwku.methods.modes import parse_layer_range
+
+    if get_method(cfg.method, **cfg.method_options).kind != "training":
+        return
+    try:
+        parse_layer_range(cfg.layers, num_layers)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: layers {cfg.layers!r}: {err}") from None
+
+
+def _free_memory_bytes(device: str) -> int | None:
+    """Free memory where training state would go: the CUDA device's, or the machine's
+    MemAvailable on CPU (None where neither is known, e.g. macOS or MPS)."""
+    if device.startswith("cuda"):
+        import torch
+
+        try:
+            return int(torch.cuda.mem_get_info(torch.device(device))[0])
+        except (RuntimeError, AssertionError, ValueError):
+            return None
+    if device != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_against_model(
+    cfg: UnlearnConfig, model, n_params: int, device: str, source: str = "options"
+) -> None:
+    """What the loaded model can tell before anything is evaluated or trained: the partial-mode
+    layer range, and whether the memory for the trained parameters' gradients and AdamW state
+    (12 bytes per trained float32 parameter; activations come on top) is free at all."""
+    from rwku.methods import get_method
+
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    num_layers = getattr(config, "num_hidden_layers", None)
+    check_layers(cfg, num_layers, source)
+    if get_method(cfg.method, **cfg.method_options).kind != "training" or cfg.mode == "lora" or not n_params:
+        return
+    trained = n_params
+    if cfg.mode == "partial" and num_layers:
+        a, b = parse_layers(cfg.layers)
+        trained = n_params * (b - a) // num_layers
+    need, free = 12 * trained, _free_memory_bytes(device)
+    if free is not None and need > free:
+        raise ConfigError(
+            f"{source}: mode {cfg.mode} trains {trained / 1e6:.0f}M parameters, whose gradients and "
+            f"optimizer state need about {need / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB is free "
+            f"on {device}; use mode lora (or partial with fewer layers)"
+        )
+
+
 def corpus_file_name(target: str) -> str:
     """The file a run saves one target's forget corpus in (and ``corpus: <run dir>`` reads)."""
     return f"corpus-{target}.jsonl"
@@ -602,6 +666,8 @@ def _run_once(
     )
     fingerprint = loaded.info.get("fingerprint") or "unknown"
     method = get_method(cfg.method, **cfg.method_options)
+    # everything the model can tell is checked now, before any evaluation or training
+    check_against_model(cfg, loaded.model, loaded.info.get("num_parameters") or 0, device)
     eval_cfg = cfg.eval_config()
     timings: dict[str, float] = {"load": round(time.perf_counter() - started, 1)}
 

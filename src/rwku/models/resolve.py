@@ -759,3 +759,33 @@ def load_model(
     info["device"] = str(dev)
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
+
+
+def model_layer_count(spec: str | os.PathLike[str] | None = None) -> int | None:
+    """The number of decoder layers, read without loading the weights: ``config.json`` of a
+    local checkpoint, the GGUF header's ``<arch>.block_count``, or a hub model's config when it
+    is in the local Hugging Face cache. None when that is not cheaply known (checks that need
+    it then run after the model is loaded)."""
+    try:
+        resolved = resolve_model(spec)
+        if resolved.kind == "local":
+            config = json.loads((Path(resolved.path) / "config.json").read_text(encoding="utf-8"))
+            text = config.get("text_config") or config
+            n = text.get("num_hidden_layers", config.get("num_hidden_layers"))
+            return int(n) if n is not None else None
+        if resolved.kind == "gguf":
+            import gguf
+
+            assert resolved.gguf_path is not None
+            reader = gguf.GGUFReader(str(resolved.gguf_path))
+            for name, f in reader.fields.items():
+                if name.endswith(".block_count"):
+                    return int(f.parts[f.data[0]][0])
+            return None
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolved.path, local_files_only=True)
+        text = getattr(config, "text_config", None) or config
+        return int(text.num_hidden_layers)
+    except Exception:  # unknown here: the check after loading covers it
+        return None

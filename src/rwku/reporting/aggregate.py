@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,14 @@ COLUMN_GROUPS = (
 )
 UTILITY_COLUMNS = ("Gen", "Rea", "Tru", "Fac")
 COLUMN_NAMES = [name for name, _ in COLUMNS]
+#: The likelihood columns carry the result on small models (ROUGE barely moves), so the report
+#: shows them first; the CSV and LaTeX keep the paper's order.
+LIKELIHOOD_COLUMNS = ("F-LL", "N-LL")
+REPORT_COLUMNS = [*LIKELIHOOD_COLUMNS, *(c for c in COLUMN_NAMES if c not in LIKELIHOOD_COLUMNS)]
+#: The change table: relative change of the likelihood columns (ratio of the paired means − 1,
+#: in %), then after − before of the columns that carry a verdict.
+DELTA_SOURCES = ("F-LL", "N-LL", "F-All", "N-All", "MIA-FM", "MIA-RM", "Gen", "Rea", "Tru", "Fac", "Flu")
+DELTA_COLUMNS = [*(f"{c} %" for c in LIKELIHOOD_COLUMNS), *(f"Δ{c}" for c in DELTA_SOURCES)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -261,10 +269,7 @@ def table1(run: RunData, confidence: float = 0.95) -> list[Row]:
 def attack_types(run: RunData, confidence: float = 0.95) -> tuple[list[str], list[Row]]:
     """Forget ROUGE-L recall per adversarial attack type (the paper's per-attack analysis)."""
 
-    def by_type(result: dict[str, Any] | None) -> dict[str, float]:
-        forget = ((result or {}).get("scores") or {}).get("forget") or {}
-        return forget.get("aa_by_type") or {}
-
+    by_type = _aa_by_type
     types = sorted({t for u in run.units for r in (u.before, u.after) for t in by_type(r)})
     rows: list[Row] = []
     if not types:
@@ -285,6 +290,118 @@ def attack_types(run: RunData, confidence: float = 0.95) -> tuple[list[str], lis
     return types, rows
 
 
+def _aa_by_type(result: dict[str, Any] | None) -> dict[str, float]:
+    forget = ((result or {}).get("scores") or {}).get("forget") or {}
+    return forget.get("aa_by_type") or {}
+
+
+# --------------------------------------------------------------------------------------------
+# Change from the original model, paired per target
+# --------------------------------------------------------------------------------------------
+
+
+def _paired(
+    units: Sequence[Unit], values: Callable[[dict[str, Any] | None], dict[str, Any]], columns: Sequence[str]
+) -> dict[str, list[tuple[float, float]]]:
+    """Per column, the (before, after) pairs of the units where both values exist."""
+    out: dict[str, list[tuple[float, float]]] = {c: [] for c in columns}
+    for u in units:
+        if u.before is None or u.after is None:
+            continue
+        b, a = values(u.before), values(u.after)
+        for c in columns:
+            if b.get(c) is not None and a.get(c) is not None:
+                out[c].append((float(b[c]), float(a[c])))
+    return out
+
+
+def relative_change(before: float, after: float) -> float | None:
+    """(after / before − 1) in %: −32 means the value fell by a third."""
+    return None if before == 0 else 100.0 * (after / before - 1.0)
+
+
+def _delta_stats(pairs: dict[str, list[tuple[float, float]]], confidence: float) -> dict[str, Stat]:
+    values = {}
+    for c in LIKELIHOOD_COLUMNS:
+        ps = pairs[c]
+        rel = relative_change(sum(b for b, _ in ps), sum(a for _, a in ps)) if ps else None
+        values[f"{c} %"] = Stat(rel, None, len(ps) if rel is not None else 0)
+    for c in DELTA_SOURCES:
+        values[f"Δ{c}"] = mean_ci([a - b for b, a in pairs[c]], confidence)
+    return values
+
+
+def delta_table(run: RunData, confidence: float = 0.95) -> list[Row]:
+    """Per group: after − before, paired per target (mean ± t-interval of the differences), and
+    the relative change of the likelihood columns (ratio of the paired means). Pairing removes
+    the spread between targets, which dominates the intervals of Table 1 at a few targets."""
+    rows = []
+    for key, units in grouped(run).items():
+        pairs = _paired(units, table_values, DELTA_SOURCES)
+        rows.append(
+            Row(
+                label_for(key), key, max(map(len, pairs.values()), default=0), _delta_stats(pairs, confidence)
+            )
+        )
+    return rows
+
+
+def attack_type_deltas(run: RunData, types: Sequence[str], confidence: float = 0.95) -> list[Row]:
+    """Forget score per attack type, after − before, paired per target."""
+    rows = []
+    for key, units in grouped(run).items():
+        pairs = _paired(units, _aa_by_type, types)
+        values = {t: mean_ci([a - b for b, a in pairs[t]], confidence) for t in types}
+        rows.append(Row(label_for(key), key, len(units), values))
+    return [r for r in rows if any(s.n for s in r.values.values())]
+
+
+def deltas_of_means(rows: Sequence[Row], columns: Sequence[str] | None = None) -> list[Row]:
+    """The change from the 'Before' row (``rows[0]``) computed from the means alone, for a saved
+    report without its cells: the difference of the means equals the mean paired difference when
+    every row holds the same targets, but has no interval (that needs the per-target pairs).
+    Without ``columns``: the columns of :func:`delta_table`; with them: plain differences."""
+    if not rows or rows[0].key is not None:
+        return []
+    before, out = rows[0], []
+    for r in rows[1:]:
+        pairs = {
+            c: [(before.values[c].mean, r.values[c].mean)]
+            for c in (columns or DELTA_SOURCES)
+            if before.values[c].mean is not None and r.values[c].mean is not None
+        }
+        if columns is None:
+            stats = _delta_stats({c: pairs.get(c, []) for c in DELTA_SOURCES}, 0.95)
+        else:
+            stats = {c: mean_ci([a - b for b, a in pairs.get(c, [])]) for c in columns}
+        values = {c: Stat(s.mean, None, r.n if s.mean is not None else 0) for c, s in stats.items()}
+        out.append(Row(r.label, r.key, r.n, values))
+    return out
+
+
+def _signed(value: float, digits: int, unit: str = "") -> str:
+    return f"{value:+.{digits}f}{unit}".replace("-", "−")
+
+
+def reading(row: Row) -> str:
+    """One line per method, like the demo prints:
+    'GA (full): forget −32 %, neighbor −8 % (likelihood); F-All −1.9 ± 2.1, N-All −1.9 ± 1.0; n = 5'."""
+    v = row.values
+    parts = []
+    if v["F-LL %"].mean is not None and v["N-LL %"].mean is not None:
+        parts.append(
+            f"forget {_signed(v['F-LL %'].mean, 0, ' %')}, neighbor {_signed(v['N-LL %'].mean, 0, ' %')} (likelihood)"
+        )
+    diffs = []
+    for c in ("F-All", "N-All", "Flu"):
+        s = v[f"Δ{c}"]
+        if s.mean is not None:
+            diffs.append(f"{c} {_signed(s.mean, 1)}" + ("" if s.ci is None else f" ± {s.ci:.1f}"))
+    if diffs:
+        parts.append(", ".join(diffs))
+    return f"{row.label}: {'; '.join(parts) or 'no paired scores'}; n = {row.n}"
+
+
 # --------------------------------------------------------------------------------------------
 # Output formats
 # --------------------------------------------------------------------------------------------
@@ -295,14 +412,19 @@ def used_columns(rows: Sequence[Row], columns: Sequence[str]) -> list[str]:
     return [c for c in columns if any(r.values[c].mean is not None for r in rows)]
 
 
-def cell_text(stat: Stat, digits: int = 1) -> str:
+def cell_text(stat: Stat, digits: int = 1, row_n: int | None = None, signed: bool = False) -> str:
+    """'7.7 ± 10.9' ('+7.7 ± 10.9' signed, for changes); with ``row_n``, a value over fewer
+    items than its row says so: '(n=2)'."""
     if stat.mean is None:
         return "-"
-    text = f"{stat.mean:.{digits}f}"
-    return text if stat.ci is None else f"{text} ± {stat.ci:.{digits}f}"
+    text = f"{stat.mean:+.{digits}f}" if signed else f"{stat.mean:.{digits}f}"
+    text = text if stat.ci is None else f"{text} ± {stat.ci:.{digits}f}"
+    return text if row_n is None or stat.n == row_n else f"{text} (n={stat.n})"
 
 
-def to_markdown(rows: Sequence[Row], columns: Sequence[str] | None = None, first: str = "Method") -> str:
+def to_markdown(
+    rows: Sequence[Row], columns: Sequence[str] | None = None, first: str = "Method", signed: bool = False
+) -> str:
     columns = used_columns(rows, columns or COLUMN_NAMES)
     lines = [
         "| " + " | ".join([first, "n", *columns]) + " |",
@@ -310,13 +432,18 @@ def to_markdown(rows: Sequence[Row], columns: Sequence[str] | None = None, first
     ]
     for r in rows:
         lines.append(
-            "| " + " | ".join([r.label, str(r.n), *(cell_text(r.values[c]) for c in columns)]) + " |"
+            "| "
+            + " | ".join(
+                [r.label, str(r.n), *(cell_text(r.values[c], row_n=r.n, signed=signed) for c in columns)]
+            )
+            + " |"
         )
     return "\n".join(lines)
 
 
 def to_csv(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
-    """Machine-readable: group fields, n, then ``<col>`` and ``<col>_ci`` for every column."""
+    """Machine-readable: group fields, n, then ``<col>``, ``<col>_ci`` and ``<col>_n`` (how many
+    targets the value is over) for every column."""
     columns = list(columns or COLUMN_NAMES)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -329,7 +456,7 @@ def to_csv(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
             "mode",
             "params",
             "n",
-            *[x for c in columns for x in (c, f"{c}_ci")],
+            *[x for c in columns for x in (c, f"{c}_ci", f"{c}_n")],
         ]
     )
     for r in rows:
@@ -337,9 +464,38 @@ def to_csv(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
         values = []
         for c in columns:
             s = r.values[c]
-            values += ["" if s.mean is None else repr(s.mean), "" if s.ci is None else repr(s.ci)]
+            values += ["" if s.mean is None else repr(s.mean), "" if s.ci is None else repr(s.ci), s.n]
         writer.writerow([r.label, setting, k, method, mode or "", params, r.n, *values])
     return buf.getvalue()
+
+
+def from_csv(text: str) -> tuple[list[str], list[Row]]:
+    """Inverse of :func:`to_csv`: the columns and rows of a saved table (re-rendering a report
+    whose cells are gone). A CSV from before ``<col>_n`` existed gives every value its row's n."""
+    table = list(csv.DictReader(io.StringIO(text)))
+    fixed = ("label", "setting", "k", "method", "mode", "params", "n")
+    if not table or any(f not in table[0] for f in fixed):
+        raise ConfigError("not a table written by `rwku report` (label, setting, k, method, ... columns)")
+    columns = [c for c in table[0] if c not in fixed and not c.endswith(("_ci", "_n"))]
+
+    def number(text: str | None) -> float | None:
+        return float(text) if text not in (None, "") else None
+
+    rows = []
+    for t in table:
+        n = int(t["n"])
+        key = None
+        if t["setting"] != "original":
+            key = (t["setting"], int(t["k"]), t["method"], t["mode"] or None, t["params"])
+        values = {}
+        for c in columns:
+            mean = number(t[c])
+            count = t.get(f"{c}_n")
+            values[c] = Stat(
+                mean, number(t[f"{c}_ci"]), int(count) if count else (n if mean is not None else 0)
+            )
+        rows.append(Row(t["label"], key, n, values))
+    return columns, rows
 
 
 _LATEX_SPECIAL = {
@@ -478,6 +634,29 @@ def batch_curves(run: RunData, confidence: float = 0.95) -> list[Series]:
         label = label_for(key).replace(" [batch k=0]", "")
         points = [(k, [u.after for u in by_k[k]]) for k in sorted(by_k)]
         out.append(_series(label, points, confidence))
+    return out
+
+
+def row_batch_curves(rows: Sequence[Row]) -> list[Series]:
+    """:func:`batch_curves` from Table 1's batch rows alone (a saved report without its cells):
+    the rows' means and intervals; the utility mean has no interval there."""
+    series: dict[tuple, list[Row]] = {}
+    for r in rows:
+        if r.key is not None and r.key[0] == "batch":
+            series.setdefault(("batch", 0, *r.key[2:]), []).append(r)
+    out = []
+    for key in sorted(series, key=_sort_key):
+        members = sorted(series[key], key=lambda r: r.key[1])
+        y = {}
+        for _, m in METRICS:
+            if m == "utility":
+                y[m] = [
+                    Stat(utility_mean({c: r.values[c].mean for c in UTILITY_COLUMNS}), None, r.n)
+                    for r in members
+                ]
+            else:
+                y[m] = [r.values[m] for r in members]
+        out.append(Series(label_for(key).replace(" [batch k=0]", ""), [r.key[1] for r in members], y))
     return out
 
 

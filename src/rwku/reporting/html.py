@@ -13,13 +13,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rwku.reporting.aggregate import Row, cell_text, used_columns
+from rwku.reporting.aggregate import Row, Stat, cell_text, used_columns
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1400px; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.8em 0; }
-th, td { border: 1px solid #bbb; padding: 3px 7px; text-align: right; white-space: nowrap; }
+table { border-collapse: collapse; font-size: 0.82em; margin: 0.8em 0; }
+th, td { border: 1px solid #bbb; padding: 2px 5px; text-align: right; white-space: nowrap; }
+th.wrap { white-space: normal; min-width: 4.5em; }
+span.ci { display: block; font-size: 0.8em; color: #777; } span.n { color: #a33; }
+ul.reading { font-size: 0.95em; } ul.reading li { margin: 0.15em 0; }
 th { background: #eef1f5; } td:first-child, th:first-child { text-align: left; }
 tr.before td { background: #f7f7f2; font-style: italic; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
@@ -44,15 +47,39 @@ class Section:
     first: str = "Method"
     figures: list[Figure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: one line each, as a list (the per-method reading)
+    lines: list[str] = field(default_factory=list)
+    #: values are changes: print their sign
+    signed: bool = False
+
+    def empty(self) -> bool:
+        return not (self.rows or self.figures or self.notes or self.lines)
 
 
-def table_html(rows: Sequence[Row], columns: Sequence[str], first: str = "Method") -> str:
+def cell_html(stat: Stat, row_n: int, signed: bool = False) -> str:
+    """The mean, its interval in small type below it (so 17 columns fit a 1,300 px window),
+    and the value's n where it is over fewer targets than its row."""
+    if stat.mean is None:
+        return "-"
+    text = html.escape(cell_text(Stat(stat.mean, None, stat.n), signed=signed))
+    if stat.ci is not None:
+        text += f'<span class="ci">± {stat.ci:.1f}</span>'
+    if stat.n != row_n:
+        text += f'<span class="ci n">n={stat.n}</span>'
+    return text
+
+
+def table_html(
+    rows: Sequence[Row], columns: Sequence[str], first: str = "Method", signed: bool = False
+) -> str:
     cols = used_columns(rows, columns)
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in [first, "n", *cols])
+    # long headers (attack types) wrap at their spaces, so nine of them fit the window
+    wrap = ' class="wrap"'
+    head = "".join(f"<th{wrap if ' ' in c else ''}>{html.escape(c)}</th>" for c in [first, "n", *cols])
     body = []
     for r in rows:
         cls = ' class="before"' if r.key is None else ""
-        cells = "".join(f"<td>{html.escape(cell_text(r.values[c]))}</td>" for c in cols)
+        cells = "".join(f"<td>{cell_html(r.values[c], r.n, signed)}</td>" for c in cols)
         body.append(f"<tr{cls}><td>{html.escape(r.label)}</td><td>{r.n}</td>{cells}</tr>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
 
@@ -76,10 +103,16 @@ def render(title: str, intro: Sequence[str], sections: Sequence[Section]) -> str
         *(f'<p class="note">{html.escape(line)}</p>' for line in intro),
     ]
     for s in sections:
+        if s.empty():  # show only what the run contains
+            continue
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         parts += [f'<p class="note">{html.escape(n)}</p>' for n in s.notes]
+        if s.lines:
+            parts.append(
+                '<ul class="reading">' + "".join(f"<li>{html.escape(x)}</li>" for x in s.lines) + "</ul>"
+            )
         if s.rows:
-            parts.append(table_html(s.rows, s.columns, s.first))
+            parts.append(table_html(s.rows, s.columns, s.first, s.signed))
         parts += [image_html(f) for f in s.figures]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
