@@ -203,3 +203,19 @@ def test_default_model_equals_lm_eval_hf_backend(task_dir, data_dir, isolated_ca
         for metric in {"acc", "acc_norm", "exact_match"} & set(got):
             first = ref["samples"][task][0][metric]
             assert got[metric] == pytest.approx(first, rel=TOL, abs=TOL), (task, metric)
+
+
+def test_run_evaluates_lm_eval_tasks_before_and_after(
+    tiny_model_dir, data_dir, task_dir, tmp_path, isolated_cache
+):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"lm_eval_tasks: rwku_t_mc\nlm_eval_include: {task_dir}\n")
+    args = ["run", "--config", str(config), "--model", str(tiny_model_dir), "--data", str(data_dir)]
+    args += ["--epochs", "1", "--batch-size", "2", "--lr", "1e-3", "--suites", "forget", "--limit", "1"]
+    args += ["--run-dir", str(tmp_path / "r"), "--out", str(tmp_path / "r.json"), "-q"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "rwku_t_mc:acc" in result.output and "Δ" in result.output
+    record = json.loads((tmp_path / "r.json").read_text())
+    for side in ("before", "after"):
+        assert record[side]["scores"]["utility"]["lm_eval"]["rwku_t_mc"]["n"] == 1
