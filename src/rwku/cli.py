@@ -28,6 +28,16 @@ app = typer.Typer(
 DataOpt = Annotated[
     str | None, typer.Option("--data", help="RWKU data directory (else $RWKU_DATA, else the hub).")
 ]
+LmEvalTasksOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="lm-evaluation-harness tasks added to the utility columns, comma list, e.g. arc_easy,winogrande "
+        "(pip install 'rwku[lmeval]')."
+    ),
+]
+LmEvalIncludeOpt = Annotated[
+    list[str] | None, typer.Option(help="Folder of local lm-eval task YAMLs (repeatable).")
+]
 
 
 def _fail(err: RwkuError) -> None:
@@ -86,9 +96,12 @@ def eval_cmd(
         str,
         typer.Option(help="hf (transformers) or vllm (CUDA GPUs, pip install 'rwku[vllm]'; docs/scale.md)."),
     ] = "hf",
+    lm_eval_tasks: LmEvalTasksOpt = None,
+    lm_eval_include: LmEvalIncludeOpt = None,
 ) -> None:
     """Evaluate a model on one target and print the paper's Table 1 row."""
     from rwku.evaluation.config import EvalConfig
+    from rwku.evaluation.lm_eval_backend import check_tasks, split_names
     from rwku.evaluation.runner import expand_suites
     from rwku.io import atomic_write_json
 
@@ -99,7 +112,10 @@ def eval_cmd(
             stop_at_newline=stop_at_newline,
             bbh_compat=bbh_compat,
             bbh_full_output=bbh_full_output,
+            lm_eval_tasks=split_names(lm_eval_tasks),
+            lm_eval_include=tuple(lm_eval_include or ()),
         )
+        check_tasks(cfg.lm_eval_tasks, cfg.lm_eval_include)  # before the model loads
         if out is not None and out.exists() and out.is_dir():
             raise ConfigError(f"--out {out} is a directory; give a file name such as results.json")
         result = run_evaluation(
@@ -328,6 +344,8 @@ def run_cmd(
     stop_at_newline: Annotated[bool, typer.Option(help="Cut probe answers at the first newline.")] = False,
     bbh_compat: Annotated[bool, typer.Option(help="Report BBH with the reference's bug.")] = False,
     bbh_full_output: Annotated[bool, typer.Option(help="Decode BBH to 256 tokens.")] = False,
+    lm_eval_tasks: LmEvalTasksOpt = None,
+    lm_eval_include: LmEvalIncludeOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate the original model afresh.")] = False,
     run_dir: RunDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write {before, after, run} JSON here.")] = None,
@@ -372,6 +390,8 @@ def run_cmd(
             stop_at_newline=stop_at_newline or None,
             bbh_compat=bbh_compat or None,
             bbh_full_output=bbh_full_output or None,
+            lm_eval_tasks=lm_eval_tasks,
+            lm_eval_include=lm_eval_include or None,
             run_dir=run_dir,
             out=str(out) if out is not None else None,
             device=device,
@@ -383,6 +403,11 @@ def run_cmd(
         )
         if cfg.out is not None and Path(cfg.out).is_dir():
             raise ConfigError(f"--out {cfg.out} is a directory; give a file name such as run.json")
+        eval_cfg = cfg.eval_config()
+        if eval_cfg.lm_eval_tasks:
+            from rwku.evaluation.lm_eval_backend import check_tasks
+
+            check_tasks(eval_cfg.lm_eval_tasks, eval_cfg.lm_eval_include)
         record = run_unlearning(cfg, log=lambda m: typer.echo(m, err=True))
     except RwkuError as err:
         _fail(err)

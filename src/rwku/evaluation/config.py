@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 SUITES = ("forget", "neighbor", "mia", "utility")
 UTILITY_PARTS = ("mmlu", "bbh", "truthfulqa", "triviaqa", "fluency")
+LM_EVAL_FIELDS = ("lm_eval_tasks", "lm_eval_include")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class EvalConfig:
             the correct exact match (both are always stored per item).
         bbh_full_output: decode BBH to 256 tokens even after the answer is final; only the
             stored raw outputs change, never the score.
+        lm_eval_tasks: lm-evaluation-harness tasks (or groups) added to the utility columns
+            (:mod:`rwku.evaluation.lm_eval_backend`); each is its own cached part.
+        lm_eval_include: folders of local lm-eval task YAMLs.
     """
 
     limit: int | None = None
@@ -39,6 +43,11 @@ class EvalConfig:
     stop_at_newline: bool = False
     bbh_compat: bool = False
     bbh_full_output: bool = False
+    lm_eval_tasks: tuple[str, ...] = ()
+    lm_eval_include: tuple[str, ...] = ()
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        """Cache key of the built-in suites: the lm-eval options are left out (they do not change
+        those numbers, and a result cached before they existed keeps its key)."""
+        values = {k: v for k, v in asdict(self).items() if k not in LM_EVAL_FIELDS}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -19,6 +19,9 @@ from rwku.evaluation.suites import bbh, fluency, forget, mia, mmlu, neighbor, tr
 from rwku.evaluation.suites.base import SuiteResult
 from rwku.models.backend import LanguageModel
 
+#: Result, timing and item keys of an lm-evaluation-harness task: "lm_eval:arc_easy".
+LM_EVAL_PREFIX = "lm_eval:"
+
 #: Every runnable part, in the order the reference's workflow evaluates them.
 PARTS: dict[str, Callable[..., SuiteResult]] = {
     "forget": forget.run,
@@ -62,7 +65,11 @@ def evaluate(
     model_fingerprint: str | None = None,
     on_part: Callable[[str, float, bool], None] | None = None,
 ) -> dict:
-    """Run the suites on ``data`` (a TargetData) and return the public result dictionary."""
+    """Run the suites on ``data`` (a TargetData) and return the public result dictionary.
+
+    Then the lm-eval tasks of ``cfg.lm_eval_tasks``, each a part of its own (cached by model,
+    task configuration and data files, limit; not by target).
+    """
     cfg = cfg or EvalConfig()
     parts = expand_suites(suites)
     data = data.limited(cfg.limit) if cfg.limit is not None else data
@@ -80,17 +87,9 @@ def evaluate(
     results: dict[str, SuiteResult] = {}
     timings: dict[str, float] = {}
     cached: list[str] = []
-    for part in parts:
-        key = None
-        if cache is not None and model_fingerprint:
-            key = cache.key(
-                model=model_fingerprint,
-                target=data.target.name,
-                suite=part,
-                protocol=PROTOCOL,
-                config=cfg.key(),
-                data=data_fp,
-            )
+
+    def run_part(part: str, compute: Callable[[], SuiteResult], **key_parts) -> None:
+        key = cache.key(model=model_fingerprint, protocol=PROTOCOL, **key_parts) if cacheable else None
         # another process computing the same entry (a parallel sweep shard) is waited for
         with cache.lock(key) if key is not None else nullcontext():
             hit = cache.get(key) if key is not None else None
@@ -100,7 +99,7 @@ def evaluate(
                 cached.append(part)
             else:
                 start = time.perf_counter()
-                results[part] = PARTS[part](lm, data, cfg)
+                results[part] = compute()
                 timings[part] = round(time.perf_counter() - start, 3)
                 if key is not None:
                     cache.put(
@@ -113,6 +112,41 @@ def evaluate(
                     )
         if on_part:
             on_part(part, timings[part], hit is not None)
+
+    cacheable = cache is not None and bool(model_fingerprint)
+    for part in parts:
+        run_part(
+            part,
+            lambda part=part: PARTS[part](lm, data, cfg),
+            target=data.target.name,
+            suite=part,
+            config=cfg.key(),
+            data=data_fp,
+        )
+    if cfg.lm_eval_tasks:
+        from rwku.evaluation import lm_eval_backend
+
+        # lm-eval's items do not depend on the target: one cache entry serves every target
+        limit = cfg.utility_limit if cfg.utility_limit is not None else cfg.limit
+        adapter = None
+        for task in cfg.lm_eval_tasks:
+            part = f"{LM_EVAL_PREFIX}{task}"
+
+            def compute(task=task) -> SuiteResult:
+                nonlocal adapter
+                adapter = adapter or lm_eval_backend.make_lm(lm)
+                scores, records = lm_eval_backend.run_lm_eval_task(
+                    adapter, task, include=cfg.lm_eval_include, limit=limit
+                )
+                return SuiteResult(scores=scores, items={f"{LM_EVAL_PREFIX}{task}": records})
+
+            run_part(
+                part,
+                compute,
+                suite=part,
+                config=f"limit={limit}",
+                data=lm_eval_backend.task_fingerprint(task, cfg.lm_eval_include) if cacheable else None,
+            )
     return assemble(lm, data, results, timings, cached, cfg)
 
 
@@ -122,6 +156,7 @@ def assemble(lm, data, results: dict[str, SuiteResult], timings, cached, cfg: Ev
         if name in results:
             scores[name] = results[name].scores
     utility_parts = {p: results[p].scores for p in UTILITY_PARTS if p in results}
+    lm_eval = {p[len(LM_EVAL_PREFIX) :]: r.scores for p, r in results.items() if p.startswith(LM_EVAL_PREFIX)}
     if utility_parts:
         columns = {
             "gen": ("mmlu", "acc"),
@@ -133,6 +168,8 @@ def assemble(lm, data, results: dict[str, SuiteResult], timings, cached, cfg: Ev
         scores["utility"] = {
             col: utility_parts[p][k] for col, (p, k) in columns.items() if p in utility_parts
         } | {"details": utility_parts}
+    if lm_eval:  # lm-evaluation-harness tasks: {task: {metric: value as lm-eval reports it}}
+        scores.setdefault("utility", {})["lm_eval"] = lm_eval
     items: dict = {}
     for result in results.values():
         items.update(result.items)

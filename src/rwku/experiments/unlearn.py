@@ -112,6 +112,8 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "stop_at_newline": (bool,),
     "bbh_compat": (bool,),
     "bbh_full_output": (bool,),
+    "lm_eval_tasks": (str, list),
+    "lm_eval_include": (str, list),
     "eval_batch_size": (int,),
     "run_dir": (str,),
     "out": (str,),
@@ -135,6 +137,8 @@ _NULLABLE = {
     "batch_size",
     "limit",
     "utility_limit",
+    "lm_eval_tasks",
+    "lm_eval_include",
     "run_dir",
     "out",
     "threads",
@@ -191,6 +195,10 @@ class UnlearnConfig:
     stop_at_newline: bool = False
     bbh_compat: bool = False
     bbh_full_output: bool = False
+    #: lm-evaluation-harness tasks added to the utility columns (comma list or list; docs/protocol.md)
+    lm_eval_tasks: str | list[str] | None = None
+    #: folders of local lm-eval task YAMLs (comma list or list)
+    lm_eval_include: str | list[str] | None = None
     eval_batch_size: int = 64
     run_dir: str | None = None
     out: str | None = None
@@ -263,10 +271,15 @@ class UnlearnConfig:
         from rwku.evaluation.runner import expand_suites
 
         expand_suites(self.suites)
+        if self.lm_eval_tasks:
+            from rwku.evaluation.lm_eval_backend import require_lm_eval
+
+            require_lm_eval()  # task names are checked when the evaluation starts
 
     def eval_config(self):
         """The evaluation options of this run, as ``rwku eval`` would take them."""
         from rwku.evaluation.config import EvalConfig
+        from rwku.evaluation.lm_eval_backend import split_names
 
         return EvalConfig(
             limit=self.limit,
@@ -274,6 +287,8 @@ class UnlearnConfig:
             stop_at_newline=self.stop_at_newline,
             bbh_compat=self.bbh_compat,
             bbh_full_output=self.bbh_full_output,
+            lm_eval_tasks=split_names(self.lm_eval_tasks),
+            lm_eval_include=split_names(self.lm_eval_include),
         )
 
 

@@ -2,7 +2,8 @@
 
 Columns: forget FB/QA/AA/All (↓), neighbor FB/QA/All (↑), MIA FM (↑)/RM (↓), utility
 Gen/Rea/Tru/Fac/Flu (↑), then this project's likelihood columns: the mean probability per gold
-token (×100) over all forget and all neighbor probes.
+token (×100) over all forget and all neighbor probes. lm-evaluation-harness tasks follow, one
+column per task ("arc_easy:acc"), ×100 like the rest (perplexities as lm-eval reports them).
 """
 
 from __future__ import annotations
@@ -38,9 +39,28 @@ def _get(scores: dict, path: tuple[str, ...]):
     return node if isinstance(node, (int, float)) else None
 
 
+#: lm-eval metrics that are not fractions (shown as lm-eval reports them, not ×100)
+RAW_METRICS = ("perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte")
+
+
+def lm_eval_values(result: dict) -> dict[str, float | None]:
+    """One column per lm-evaluation-harness task: its first metric, ×100 when it is a fraction."""
+    tasks = ((result.get("scores") or {}).get("utility") or {}).get("lm_eval") or {}
+    out: dict[str, float | None] = {}
+    for task, metrics in tasks.items():
+        metric = next((m for m, v in metrics.items() if m != "n" and not isinstance(v, dict)), None)
+        if metric is None:
+            continue
+        value = metrics[metric]
+        if isinstance(value, (int, float)) and metric not in RAW_METRICS:
+            value = 100 * value
+        out[f"{task}:{metric}"] = value if isinstance(value, (int, float)) else None
+    return out
+
+
 def table_values(result: dict) -> dict[str, float | None]:
-    """One row of Table 1 from a result dictionary (``rwku eval``'s JSON)."""
-    return {name: _get(result.get("scores", {}), path) for name, path in COLUMNS}
+    """One row of Table 1 from a result dictionary (``rwku eval``'s JSON), then lm-eval tasks."""
+    return {name: _get(result.get("scores", {}), path) for name, path in COLUMNS} | lm_eval_values(result)
 
 
 def _fmt(value: float | None) -> str:
@@ -50,12 +70,16 @@ def _fmt(value: float | None) -> str:
 def format_table(rows: Sequence[tuple[str, dict]], *, with_delta: bool = False) -> str:
     """Markdown table of labelled results; with_delta adds a row of last − first."""
     values = [(label, table_values(res)) for label, res in rows]
-    names = [c for c, _ in COLUMNS if any(v[c] is not None for _, v in values)]
+    extra = list(dict.fromkeys(k for _, v in values for k in v if k not in dict(COLUMNS)))
+    names = [c for c in [n for n, _ in COLUMNS] + extra if any(v.get(c) is not None for _, v in values)]
     lines = ["| " + " | ".join(["", *names]) + " |", "|" + "---|" * (len(names) + 1)]
     for label, vals in values:
-        lines.append("| " + " | ".join([label, *(_fmt(vals[n]) for n in names)]) + " |")
+        lines.append("| " + " | ".join([label, *(_fmt(vals.get(n)) for n in names)]) + " |")
     if with_delta and len(values) >= 2:
         first, last = values[0][1], values[-1][1]
-        deltas = ["-" if first[n] is None or last[n] is None else f"{last[n] - first[n]:+.1f}" for n in names]
+        deltas = [
+            "-" if first.get(n) is None or last.get(n) is None else f"{last[n] - first[n]:+.1f}"
+            for n in names
+        ]
         lines.append("| " + " | ".join(["Δ", *deltas]) + " |")
     return "\n".join(lines)
