@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,22 @@ def test_full_shape_on_tiny_model(tiny_model_dir, data_dir, isolated_cache):
     assert 100 * math.log(50) < s["mia"]["fm"]["loss"] < 100 * math.log(5000)
     assert set(result["timings"]) >= {"forget", "neighbor", "mia", "mmlu", "bbh", "total"}
     json.dumps(result)  # serialisable as is
+
+
+def test_evaluation_emits_no_future_warning(tiny_model_dir, data_dir, isolated_cache):
+    """transformers' deprecation warnings (e.g. ``past_key_values`` renamed ``cache``) would
+    print in the middle of every evaluation's progress bars: the engine uses the current API."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        run_evaluation(
+            model=str(tiny_model_dir),
+            target="1",
+            parts=expand_suites(None),
+            cfg=EvalConfig(limit=1),
+            data=str(data_dir),
+            use_cache=False,
+            progress=False,
+        )
 
 
 def test_cache_returns_identical_scores(tiny_model_dir, data_dir, isolated_cache):

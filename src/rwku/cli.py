@@ -6,9 +6,12 @@ line on stderr and exit code 2, never a traceback; results are written atomicall
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -156,10 +159,21 @@ def methods() -> None:
         typer.echo(f"{name:<10} {corpus:<16} {cls.description}")
 
 
-def _unlearn_config(config: Path | None, **options):
-    """CLI options (None = not given) over the YAML file's, validated as one UnlearnConfig."""
+def _unlearn_config(recipe: dict, **own):
+    """CLI options (None = not given) over the YAML file's, validated as one UnlearnConfig:
+    ``recipe`` holds the options of :func:`_recipe_options` as typer gave them, ``own`` the
+    command's own options under their UnlearnConfig names."""
     from rwku.experiments.unlearn import UnlearnConfig
 
+    options = dict(recipe)
+    config = options.pop("config")
+    options.update(
+        targets=options.pop("target"),
+        method_options=_method_options(options.pop("option")),
+        trust_remote_code=options.pop("trust_remote_code") or None,
+        progress=False if options.pop("quiet") else None,
+        **own,
+    )
     options = {k: v for k, v in options.items() if v is not None}
     if config is not None:
         return UnlearnConfig.from_yaml(config, **options)
@@ -232,6 +246,64 @@ RemoteOpt = Annotated[bool, typer.Option(help="Allow model code from the checkpo
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
+def _recipe_options(
+    target: TargetsOpt = None,
+    method: MethodOpt = None,
+    mode: ModeOpt = None,
+    setting: SettingOpt = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    config: ConfigOpt = None,
+    corpus: CorpusOpt = None,
+    corpus_preset: CorpusPresetOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+    corpus_tokens: CorpusTokensOpt = None,
+    retain: RetainOpt = None,
+    retain_size: RetainSizeOpt = None,
+    layers: LayersOpt = None,
+    lr: LrOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    grad_accum: AccumOpt = None,
+    max_length: MaxLenOpt = None,
+    seed: SeedOpt = None,
+    option: OptionOpt = None,
+    run_dir: RunDirOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    threads: ThreadsOpt = None,
+    trust_remote_code: RemoteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """The options `rwku unlearn` and `rwku run` share, defined once: only this signature is
+    used (see :func:`_with_recipe_options`)."""
+
+
+def _with_recipe_options(command: Callable) -> Callable:
+    """Give ``command(recipe, **own)`` the options of :func:`_recipe_options` too.
+
+    Typer reads one signature: the shared options, with the command's own ones inserted
+    before ``--run-dir`` (after the recipe's, before where and on what it runs). The command
+    is called with the shared options gathered in ``recipe`` (a dict, values as given) and
+    its own as keywords.
+    """
+    shared = inspect.signature(_recipe_options, eval_str=True).parameters
+    own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+    params = list(shared.values())
+    at = list(shared).index("run_dir")
+    params[at:at] = own
+
+    @functools.wraps(command)
+    def wrapper(**options):
+        recipe = {name: options.pop(name) for name in shared}
+        return command(recipe, **options)
+
+    wrapper.__signature__ = inspect.Signature(params, return_annotation=None)
+    # Evaluated annotations, for typing.get_type_hints (functools.wraps copied the command's own).
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": None}
+    return wrapper
+
+
 def _exit_for(record: dict) -> None:
     """A run a guard rail stopped is not a success: say why and exit 1."""
     run = record["run"]
@@ -245,68 +317,13 @@ def _exit_for(record: dict) -> None:
 
 
 @app.command()
-def unlearn(
-    target: TargetsOpt = None,
-    method: MethodOpt = None,
-    mode: ModeOpt = None,
-    setting: SettingOpt = None,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    config: ConfigOpt = None,
-    corpus: CorpusOpt = None,
-    corpus_preset: CorpusPresetOpt = None,
-    corpus_size: CorpusSizeOpt = None,
-    corpus_tokens: CorpusTokensOpt = None,
-    retain: RetainOpt = None,
-    retain_size: RetainSizeOpt = None,
-    layers: LayersOpt = None,
-    lr: LrOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    grad_accum: AccumOpt = None,
-    max_length: MaxLenOpt = None,
-    seed: SeedOpt = None,
-    option: OptionOpt = None,
-    run_dir: RunDirOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    threads: ThreadsOpt = None,
-    trust_remote_code: RemoteOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
+@_with_recipe_options
+def unlearn(recipe: dict) -> None:
     """Unlearn a target and save the result to a run directory (no evaluation)."""
     from rwku.experiments.unlearn import run_unlearning
 
     try:
-        cfg = _unlearn_config(
-            config,
-            targets=target,
-            method=method,
-            mode=mode,
-            setting=setting,
-            model=model,
-            data=data,
-            corpus=corpus,
-            corpus_preset=corpus_preset,
-            corpus_size=corpus_size,
-            corpus_tokens=corpus_tokens,
-            retain=retain,
-            retain_size=retain_size,
-            layers=layers,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            max_length=max_length,
-            seed=seed,
-            method_options=_method_options(option),
-            run_dir=run_dir,
-            device=device,
-            dtype=dtype,
-            threads=threads,
-            trust_remote_code=trust_remote_code or None,
-            progress=False if quiet else None,
-        )
+        cfg = _unlearn_config(recipe)
         record = run_unlearning(cfg, evaluate_model=False, log=lambda m: typer.echo(m, err=True))
     except RwkuError as err:
         _fail(err)
@@ -315,28 +332,9 @@ def unlearn(
 
 
 @app.command("run")
+@_with_recipe_options
 def run_cmd(
-    target: TargetsOpt = None,
-    method: MethodOpt = None,
-    mode: ModeOpt = None,
-    setting: SettingOpt = None,
-    model: ModelOpt = None,
-    data: DataOpt = None,
-    config: ConfigOpt = None,
-    corpus: CorpusOpt = None,
-    corpus_preset: CorpusPresetOpt = None,
-    corpus_size: CorpusSizeOpt = None,
-    corpus_tokens: CorpusTokensOpt = None,
-    retain: RetainOpt = None,
-    retain_size: RetainSizeOpt = None,
-    layers: LayersOpt = None,
-    lr: LrOpt = None,
-    epochs: EpochsOpt = None,
-    batch_size: BatchOpt = None,
-    grad_accum: AccumOpt = None,
-    max_length: MaxLenOpt = None,
-    seed: SeedOpt = None,
-    option: OptionOpt = None,
+    recipe: dict,
     suites: Annotated[str | None, typer.Option(help="Suites to evaluate before and after.")] = None,
     limit: Annotated[int | None, typer.Option(min=0, help="Keep the first N items of every list.")] = None,
     utility_limit: Annotated[int | None, typer.Option(min=0, help="The same, utility sets only.")] = None,
@@ -347,13 +345,7 @@ def run_cmd(
     lm_eval_tasks: LmEvalTasksOpt = None,
     lm_eval_include: LmEvalIncludeOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Evaluate the original model afresh.")] = False,
-    run_dir: RunDirOpt = None,
     out: Annotated[Path | None, typer.Option(help="Write {before, after, run} JSON here.")] = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    threads: ThreadsOpt = None,
-    trust_remote_code: RemoteOpt = False,
-    quiet: QuietOpt = False,
 ) -> None:
     """Unlearn, evaluate before and after, and print both rows with the deltas."""
     from rwku.experiments.unlearn import run_unlearning
@@ -362,27 +354,7 @@ def run_cmd(
 
     try:
         cfg = _unlearn_config(
-            config,
-            targets=target,
-            method=method,
-            mode=mode,
-            setting=setting,
-            model=model,
-            data=data,
-            corpus=corpus,
-            corpus_preset=corpus_preset,
-            corpus_size=corpus_size,
-            corpus_tokens=corpus_tokens,
-            retain=retain,
-            retain_size=retain_size,
-            layers=layers,
-            lr=lr,
-            epochs=epochs,
-            batch_size=batch_size,
-            grad_accum=grad_accum,
-            max_length=max_length,
-            seed=seed,
-            method_options=_method_options(option),
+            recipe,
             suites=suites,
             limit=limit,
             utility_limit=utility_limit,
@@ -392,13 +364,7 @@ def run_cmd(
             bbh_full_output=bbh_full_output or None,
             lm_eval_tasks=lm_eval_tasks,
             lm_eval_include=lm_eval_include or None,
-            run_dir=run_dir,
             out=str(out) if out is not None else None,
-            device=device,
-            dtype=dtype,
-            threads=threads,
-            trust_remote_code=trust_remote_code or None,
-            progress=False if quiet else None,
             use_cache=False if no_cache else None,
         )
         if cfg.out is not None and Path(cfg.out).is_dir():

@@ -25,8 +25,9 @@ row's queries against its own buffer, with the causal/validity mask of that row.
 heads are folded into the query axis for short query blocks, so keys and values are never
 repeated in memory. Numbers equal plain attention up to float32 summation order.
 
-The model code is untouched: transformers calls ``past_key_values.update`` and then the
-attention function named by ``config._attn_implementation``; :func:`use_rows_attention`
+The model code is untouched: transformers calls the cache's ``update`` (the cache is passed as
+``cache``, named by :func:`cache_keyword`) and then the attention function named by
+``config._attn_implementation``; :func:`use_rows_attention`
 switches that name for the duration of an engine call. Called with ordinary tensors (training,
 any other caller) the function is plain SDPA.
 """
@@ -34,6 +35,7 @@ any other caller) the function is plain SDPA.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from collections.abc import Iterator, Sequence
 
@@ -332,9 +334,23 @@ def supports_rows_attention(model) -> bool:
     return getattr(text, "model_type", "") in SUPPORTED_MODEL_TYPES
 
 
-#: Architectures whose attention calls ``past_key_values.update`` then the configured attention
+#: Architectures whose attention calls the cache's ``update`` then the configured attention
 #: function with the cache's return values, with full causal attention (checked in tests on Llama).
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3", "granite"})
+
+
+def cache_keyword(model) -> str:
+    """The keyword under which ``model``'s forward takes a KV cache.
+
+    Current transformers call it ``cache`` and warn on every call that passes the old name
+    (``FutureWarning: `past_key_values` is deprecated ... Use `cache` instead``); releases
+    before the rename, and models written against them, take ``past_key_values``.
+    """
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 _SWITCH_LOCK = threading.Lock()
