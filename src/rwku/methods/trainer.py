@@ -16,7 +16,8 @@ needs lives here, once, so that GA, NPO, DPO, RT and the rest differ only in the
   RMU's frozen activations therefore cost a few numbers per row instead of a second copy of
   the model — the memory a reference model would take is never allocated. For LoRA the
   precompute runs with the adapter disabled, which is exactly the original model.
-* **Optimisation** as the reference's Hugging Face Trainer does it: AdamW (weight decay on
+* **Optimisation** as the reference's Hugging Face Trainer does it: AdamW (fused kernel on CPU and
+  CUDA; weight decay on
   matrices only, not on norms and biases), cosine schedule with linear warm-up, gradient
   accumulation (``hp.grad_accum`` micro-batches per step, the last step of an epoch may have
   fewer), gradient clipping at 1.0, float32 on CPU and optional bf16/fp16 autocast on CUDA.
@@ -516,7 +517,13 @@ def train(
             {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr)
+        # The fused kernel: one pass over parameters and both moments instead of a loop of
+        # elementwise ops (measured on this project's 2-core CPU, 132M float32 parameters, one
+        # thread: 1.95 s → 0.30 s per step, most of a full-mode step on the default model; the
+        # values differ only by float rounding order). Not under accelerate, whose DeepSpeed/FSDP
+        # wrappers bring their own optimizer handling.
+        fused = accelerator is None and device.type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, fused=fused or None)
         scheduler = get_cosine_schedule_with_warmup(optimizer, report.warmup_steps, len(plan))
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
