@@ -520,9 +520,10 @@ def train(
         # The fused kernel: one pass over parameters and both moments instead of a loop of
         # elementwise ops (measured on this project's 2-core CPU, 132M float32 parameters, one
         # thread: 1.95 s → 0.30 s per step, most of a full-mode step on the default model; the
-        # values differ only by float rounding order). Not under accelerate, whose DeepSpeed/FSDP
-        # wrappers bring their own optimizer handling.
-        fused = accelerator is None and device.type in ("cpu", "cuda")
+        # values differ only by float rounding order). Not under DeepSpeed or FSDP, whose
+        # sharded parameters bring their own optimizer handling.
+        sharded = accelerator is not None and accelerator.distributed_type in ("DEEPSPEED", "FSDP")
+        fused = not sharded and device.type in ("cpu", "cuda")
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr, fused=fused or None)
         scheduler = get_cosine_schedule_with_warmup(optimizer, report.warmup_steps, len(plan))
         scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
