@@ -174,6 +174,9 @@ def test_recovery_and_teaching_ratios():
     assert t["ll"] == pytest.approx(0.25) and t["fb"] == pytest.approx(0.0)
     small = {**unlearned, "ll": original["ll"] - MIN_FORGOTTEN / 2}
     assert recovery(attacked, small, original)["ll"] is None
+    raised = {**unlearned, "all": original["all"] + 5.0}  # unlearning raised it: nothing to recover
+    assert recovery(attacked, raised, original)["all"] is None
+    assert teaching(attacked, raised, original)["all"] is None
     assert recovery({**attacked, "ll": None}, unlearned, original)["ll"] is None
 
 

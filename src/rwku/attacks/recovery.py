@@ -11,8 +11,9 @@ Recovery of metric m after an attack:
 
 0 = nothing came back, 1 = back to the original model, > 1 = more than was forgotten. The
 denominator is how much unlearning removed; when it is below :data:`MIN_FORGOTTEN` points
-(×100 scale) there is nothing to recover and R is reported as ``None`` ("not measurable"),
-never as a huge or infinite number. The raw values are always stored beside R.
+(×100 scale) — or negative, where unlearning raised the metric — there is nothing to recover
+and R is reported as ``None`` ("not measurable"), never as a huge, infinite or sign-flipped
+number. The raw values are always stored beside R.
 
 For the original-model control the same formula gives the *teaching* ratio
 
@@ -45,7 +46,9 @@ def probe_metrics(scores: Mapping[str, Any]) -> dict[str, float | None]:
 
 
 def ratio(delta: float | None, forgotten: float | None) -> float | None:
-    if delta is None or forgotten is None or abs(forgotten) < MIN_FORGOTTEN:
+    """``delta / forgotten``, or None when unlearning lowered the metric by less than
+    :data:`MIN_FORGOTTEN` points — including when it *raised* it: there is nothing to recover."""
+    if delta is None or forgotten is None or forgotten < MIN_FORGOTTEN:
         return None
     return delta / forgotten
 
