@@ -44,6 +44,20 @@ def _fail(err: RwkuError) -> None:
     raise typer.Exit(code=err.exit_code)
 
 
+def _common(target, model, data, out, device, dtype, threads, quiet) -> dict:
+    """The options every attack command shares, as ``attack_run`` keywords."""
+    return {
+        "target": target,
+        "model": model,
+        "data": data,
+        "out": out,
+        "device": device,
+        "dtype": dtype,
+        "threads": threads,
+        "progress": not quiet,
+    }
+
+
 def _attack(name: str, run: Path, **options) -> None:
     """Run the attack, print its tables; a user mistake is one line and exit code 2."""
     from rwku.attacks.runner import attack_run
@@ -108,20 +122,8 @@ def relearn_cmd(
         )
     except RwkuError as err:
         _fail(err)
-    _attack(
-        "relearn",
-        run,
-        relearn=opts,
-        target=target,
-        model=model,
-        data=data,
-        out=out,
-        device=device,
-        dtype=dtype,
-        threads=threads,
-        progress=not quiet,
-        use_cache=not no_cache,
-    )
+    common = _common(target, model, data, out, device, dtype, threads, quiet)
+    _attack("relearn", run, relearn=opts, use_cache=not no_cache, **common)
 
 
 @attack_app.command("incontext")
@@ -138,18 +140,7 @@ def incontext_cmd(
 ) -> None:
     """Ask every forget probe again with a context from the target's passages (the answer, related
     text without answers, the answer under an invented name); report the gain per context."""
-    _attack(
-        "incontext",
-        run,
-        target=target,
-        model=model,
-        data=data,
-        out=out,
-        device=device,
-        dtype=dtype,
-        threads=threads,
-        progress=not quiet,
-    )
+    _attack("incontext", run, **_common(target, model, data, out, device, dtype, threads, quiet))
 
 
 def register(app: typer.Typer) -> None:
