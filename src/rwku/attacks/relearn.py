@@ -139,7 +139,6 @@ class _Context:
     target: Any
     evaluated: dict[str, list]
     opts: RelearnOptions
-    log: Callable[[str], None]
     progress: bool
     cache: Any
     data_key: str = ""
@@ -261,7 +260,7 @@ def run_relearn(
     opts = opts or RelearnOptions()
     started = time.perf_counter()
     train_half, evaluated = split_probes(target_data, opts.split_seed)
-    ctx = _Context(subject, target_data.target, evaluated, opts, log, progress, cache)
+    ctx = _Context(subject, target_data.target, evaluated, opts, progress, cache)
     ctx.data_key = _data_key(evaluated)
     # the data first: a missing passage corpus fails before any model time is spent
     datasets = {k: build_relearn_data(k, rwku_data, target_data, train_half, evaluated) for k in opts.kinds}

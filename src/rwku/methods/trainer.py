@@ -519,8 +519,8 @@ def train(
         ]
         # The fused kernel: one pass over parameters and both moments instead of a loop of
         # elementwise ops (measured on this project's 2-core CPU, 132M float32 parameters, one
-        # thread: 1.95 s → 0.30 s per step, most of a full-mode step on the default model; the
-        # values differ only by float rounding order). Not under DeepSpeed or FSDP, whose
+        # thread, scripts/bench_optimizer.py: 1.95 s → 0.30 s per step, most of a full-mode step
+        # on the default model; values differ only by float rounding order). Not under DeepSpeed or FSDP, whose
         # sharded parameters bring their own optimizer handling.
         sharded = accelerator is not None and accelerator.distributed_type in ("DEEPSPEED", "FSDP")
         fused = not sharded and device.type in ("cpu", "cuda")
