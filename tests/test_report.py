@@ -423,6 +423,78 @@ def test_report_files_carry_the_changes_and_a_saved_report_re_renders_from_its_c
         assert again[label]["ΔF-All_ci"] == ""
 
 
+def test_lm_eval_columns_reach_table1_the_changes_csv_latex_and_a_saved_report(run_dir, tmp_path):
+    """A run with lm-eval tasks in its utility columns: each task is a column of Table 1 (×100),
+    its change is paired per target, and it survives the CSV round trip."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    given: dict[tuple[str, str, str], float] = {}  # (cell file, target, before/after) → acc
+    for i, path in enumerate(sorted((run / "cells").glob("*.json"))):
+        cell = json.loads(path.read_text())
+        for side in ("before", "after"):
+            if not cell["record"].get(side):
+                continue
+            for j, result in enumerate(per_target(cell["record"][side])):
+                # the original model's score depends only on the target: every cell shares it
+                acc = 0.5 + 0.1 * j if side == "before" else 0.2 + 0.01 * i + 0.1 * j
+                utility = result["scores"].setdefault("utility", {})
+                utility["lm_eval"] = {"arc_easy": {"acc": acc, "acc_stderr": 0.01, "n": 4}}
+                given[(path.name, str(j), side)] = acc
+        path.write_text(json.dumps(cell))
+    assert given
+    data = agg.load_run(run)
+    rows = agg.table1(data)
+    assert agg.report_columns(rows)[-1] == "arc_easy:acc" == agg.table_columns(rows)[-1]
+    for row in rows:
+        results = (
+            agg.before_results(data)
+            if row.key is None
+            else [u.after for u in agg.grouped(data)[row.key] if u.after is not None]
+        )
+        expected = (
+            100 * sum(r["scores"]["utility"]["lm_eval"]["arc_easy"]["acc"] for r in results) / len(results)
+        )
+        assert row.values["arc_easy:acc"].mean == pytest.approx(expected)
+    deltas = {r.label: r for r in agg.delta_table(data)}
+    for key, units in agg.grouped(data).items():
+        diffs = [
+            100
+            * (
+                u.after["scores"]["utility"]["lm_eval"]["arc_easy"]["acc"]
+                - u.before["scores"]["utility"]["lm_eval"]["arc_easy"]["acc"]
+            )
+            for u in units
+            if u.before is not None and u.after is not None
+        ]
+        stat = deltas[agg.label_for(key)].values["Δarc_easy:acc"]
+        assert stat.n == len(diffs) and stat.mean == pytest.approx(sum(diffs) / len(diffs))
+
+    rep = tmp_path / "rep"
+    write_report(run, rep)
+    md = (rep / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Method | n | F-LL |"))
+    assert header.rstrip(" |").endswith("arc_easy:acc")
+    assert "Δarc_easy:acc" in (rep / "deltas.csv").read_text().splitlines()[0]
+    assert (
+        "lm-eval" in (rep / "table1.tex").read_text() and "arc\\_easy:acc" in (rep / "table1.tex").read_text()
+    )
+    columns, saved_rows = agg.from_csv((rep / "table1.csv").read_text())
+    assert columns == [*agg.COLUMN_NAMES, "arc_easy:acc"]
+    for a, b in zip(saved_rows, rows, strict=True):
+        assert a.values["arc_easy:acc"].mean == pytest.approx(b.values["arc_easy:acc"].mean)
+    saved = tmp_path / "saved"
+    shutil.copytree(rep, saved)
+    write_report(saved)  # re-rendered from the CSV: the lm-eval column and its change remain
+    again = {r["label"]: r for r in csv.DictReader(io.StringIO((saved / "deltas.csv").read_text()))}
+    # without the cells, the change is the difference of the means (not every row holds the
+    # targets of Before, so it is not always the paired mean)
+    before = rows[0].values["arc_easy:acc"].mean
+    for row in rows[1:]:
+        assert float(again[row.label]["Δarc_easy:acc"]) == pytest.approx(
+            row.values["arc_easy:acc"].mean - before
+        )
+
+
 STUDY = Path(__file__).resolve().parents[1] / "docs" / "results" / "cpu-study"
 MEASURE = """<script>
 window.addEventListener('load', () => {

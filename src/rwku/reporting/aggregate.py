@@ -18,7 +18,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,29 @@ REPORT_COLUMNS = [*LIKELIHOOD_COLUMNS, *(c for c in COLUMN_NAMES if c not in LIK
 #: in %), then after − before of the columns that carry a verdict.
 DELTA_SOURCES = ("F-LL", "N-LL", "F-All", "N-All", "MIA-FM", "MIA-RM", "Gen", "Rea", "Tru", "Fac", "Flu")
 DELTA_COLUMNS = [*(f"{c} %" for c in LIKELIHOOD_COLUMNS), *(f"Δ{c}" for c in DELTA_SOURCES)]
+
+
+def extra_columns(values: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Columns beyond Table 1's, in first-seen order: the lm-evaluation-harness tasks a run added
+    to its utility columns (``"arc_easy:acc"``, see :func:`rwku.reporting.table.lm_eval_values`)."""
+    return list(
+        dict.fromkeys(c for v in values for c in v if c not in COLUMN_NAMES and c not in DELTA_COLUMNS)
+    )
+
+
+def table_columns(rows: Sequence[Row]) -> list[str]:
+    """Table 1's columns in the paper's order (CSV, LaTeX), then the rows' lm-eval columns."""
+    return [*COLUMN_NAMES, *extra_columns(r.values for r in rows)]
+
+
+def report_columns(rows: Sequence[Row]) -> list[str]:
+    """Table 1's columns as the report shows them (likelihood first), then lm-eval columns."""
+    return [*REPORT_COLUMNS, *extra_columns(r.values for r in rows)]
+
+
+def delta_columns(rows: Sequence[Row]) -> list[str]:
+    """The change table's columns, then the change of every lm-eval column (``Δarc_easy:acc``)."""
+    return [*DELTA_COLUMNS, *(c for c in extra_columns(r.values for r in rows) if c.startswith("Δ"))]
 
 
 # --------------------------------------------------------------------------------------------
@@ -233,9 +256,11 @@ class Row:
         return self.key[0] if self.key else "original"
 
 
-def _stats(results: Sequence[dict[str, Any]], confidence: float) -> dict[str, Stat]:
+def _stats(
+    results: Sequence[dict[str, Any]], confidence: float, extra: Sequence[str] = ()
+) -> dict[str, Stat]:
     rows = [table_values(r) for r in results]
-    return {c: mean_ci([r[c] for r in rows], confidence) for c in COLUMN_NAMES}
+    return {c: mean_ci([r.get(c) for r in rows], confidence) for c in [*COLUMN_NAMES, *extra]}
 
 
 def before_results(run: RunData) -> list[dict[str, Any]]:
@@ -258,11 +283,13 @@ def table1(run: RunData, confidence: float = 0.95) -> list[Row]:
     """The 'Before' row (original model over every target), then one row per group."""
     rows = []
     before = before_results(run)
+    afters = [u.after for u in run.units if u.after is not None]
+    extra = extra_columns(table_values(r) for r in [*before, *afters])
     if before:
-        rows.append(Row("Before", None, len(before), _stats(before, confidence)))
+        rows.append(Row("Before", None, len(before), _stats(before, confidence, extra)))
     for key, units in grouped(run).items():
         afters = [u.after for u in units if u.after is not None]
-        rows.append(Row(label_for(key), key, len(afters), _stats(afters, confidence)))
+        rows.append(Row(label_for(key), key, len(afters), _stats(afters, confidence, extra)))
     return rows
 
 
@@ -320,14 +347,16 @@ def relative_change(before: float, after: float) -> float | None:
     return None if before == 0 else 100.0 * (after / before - 1.0)
 
 
-def _delta_stats(pairs: dict[str, list[tuple[float, float]]], confidence: float) -> dict[str, Stat]:
+def _delta_stats(
+    pairs: dict[str, list[tuple[float, float]]], confidence: float, extra: Sequence[str] = ()
+) -> dict[str, Stat]:
     values = {}
     for c in LIKELIHOOD_COLUMNS:
         ps = pairs[c]
         rel = relative_change(sum(b for b, _ in ps), sum(a for _, a in ps)) if ps else None
         values[f"{c} %"] = Stat(rel, None, len(ps) if rel is not None else 0)
-    for c in DELTA_SOURCES:
-        values[f"Δ{c}"] = mean_ci([a - b for b, a in pairs[c]], confidence)
+    for c in [*DELTA_SOURCES, *extra]:
+        values[f"Δ{c}"] = mean_ci([a - b for b, a in pairs.get(c, [])], confidence)
     return values
 
 
@@ -336,13 +365,11 @@ def delta_table(run: RunData, confidence: float = 0.95) -> list[Row]:
     the relative change of the likelihood columns (ratio of the paired means). Pairing removes
     the spread between targets, which dominates the intervals of Table 1 at a few targets."""
     rows = []
+    extra = extra_columns(table_values(r) for u in run.units for r in (u.before, u.after) if r is not None)
     for key, units in grouped(run).items():
-        pairs = _paired(units, table_values, DELTA_SOURCES)
-        rows.append(
-            Row(
-                label_for(key), key, max(map(len, pairs.values()), default=0), _delta_stats(pairs, confidence)
-            )
-        )
+        pairs = _paired(units, table_values, [*DELTA_SOURCES, *extra])
+        n = max(map(len, pairs.values()), default=0)
+        rows.append(Row(label_for(key), key, n, _delta_stats(pairs, confidence, extra)))
     return rows
 
 
@@ -364,14 +391,18 @@ def deltas_of_means(rows: Sequence[Row], columns: Sequence[str] | None = None) -
     if not rows or rows[0].key is not None:
         return []
     before, out = rows[0], []
+    extra = extra_columns(r.values for r in rows) if columns is None else []
     for r in rows[1:]:
         pairs = {
             c: [(before.values[c].mean, r.values[c].mean)]
-            for c in (columns or DELTA_SOURCES)
-            if before.values[c].mean is not None and r.values[c].mean is not None
+            for c in (columns or [*DELTA_SOURCES, *extra])
+            if c in before.values
+            and c in r.values
+            and before.values[c].mean is not None
+            and r.values[c].mean is not None
         }
         if columns is None:
-            stats = _delta_stats({c: pairs.get(c, []) for c in DELTA_SOURCES}, 0.95)
+            stats = _delta_stats({c: pairs.get(c, []) for c in DELTA_SOURCES} | pairs, 0.95, extra)
         else:
             stats = {c: mean_ci([a - b for b, a in pairs.get(c, [])]) for c in columns}
         values = {c: Stat(s.mean, None, r.n if s.mean is not None else 0) for c, s in stats.items()}
@@ -444,7 +475,7 @@ def to_markdown(
 def to_csv(rows: Sequence[Row], columns: Sequence[str] | None = None) -> str:
     """Machine-readable: group fields, n, then ``<col>``, ``<col>_ci`` and ``<col>_n`` (how many
     targets the value is over) for every column."""
-    columns = list(columns or COLUMN_NAMES)
+    columns = list(columns or table_columns(rows))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
@@ -518,8 +549,11 @@ def latex_escape(text: str) -> str:
 
 def to_latex(rows: Sequence[Row], confidence: float = 0.95) -> str:
     """A booktabs table with the paper's grouped header; the CI as a subscript ±."""
-    columns = used_columns(rows, COLUMN_NAMES)
-    groups = [(name, [c for c in cols if c in columns]) for name, cols in COLUMN_GROUPS]
+    columns = used_columns(rows, table_columns(rows))
+    extra = tuple(c for c in columns if c not in COLUMN_NAMES)
+    groups = [
+        (name, [c for c in cols if c in columns]) for name, cols in (*COLUMN_GROUPS, ("lm-eval", extra))
+    ]
     groups = [(name, cols) for name, cols in groups if cols]
     spec = "l" + "".join("|" + "c" * len(cols) for _, cols in groups)
     lines = [

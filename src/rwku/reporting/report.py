@@ -169,8 +169,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
     result = ReportFiles(out=out, notes=t.notes)
     change = "paired per target" if t.paired else "difference of the means"
 
-    result.table_markdown = agg.to_markdown(t.rows, agg.REPORT_COLUMNS)
-    delta_md = agg.to_markdown(t.deltas, agg.DELTA_COLUMNS, signed=True) if t.deltas else ""
+    result.table_markdown = agg.to_markdown(t.rows, agg.report_columns(t.rows))
+    delta_md = agg.to_markdown(t.deltas, agg.delta_columns(t.deltas), signed=True) if t.deltas else ""
     readings = [agg.reading(r) for r in t.deltas]
     type_md = agg.to_markdown(t.type_rows, t.types) if t.type_rows else ""
     type_delta_md = agg.to_markdown(t.type_deltas, t.types, signed=True) if t.type_deltas else ""
@@ -184,7 +184,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         if t.type_rows:
             write("attack_types.csv", agg.to_csv(t.type_rows, t.types))
     if t.deltas:
-        write("deltas.csv", agg.to_csv(t.deltas, agg.DELTA_COLUMNS))
+        write("deltas.csv", agg.to_csv(t.deltas, agg.delta_columns(t.deltas)))
     if type_md:
         extra = ["", f"Change from Before ({change}):", "", type_delta_md] if type_delta_md else []
         write("attack_types.md", "\n".join([type_md, *extra]) + "\n")
@@ -231,12 +231,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         Section(
             delta_title,
             t.deltas,
-            agg.DELTA_COLUMNS,
+            agg.delta_columns(t.deltas),
             lines=readings,
             notes=[delta_note] if t.deltas else [],
             signed=True,
         ),
-        Section("Table 1", t.rows, agg.REPORT_COLUMNS),
+        Section("Table 1", t.rows, agg.report_columns(t.rows)),
         Section("Forget score by attack type", t.type_rows, t.types),
         Section(
             f"Forget score by attack type: {delta_title[0].lower()}{delta_title[1:]}",
