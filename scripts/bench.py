@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--suites", default="forget,neighbor,mia,utility")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--dtype", default="float32", help="float32 (default), or an opt-in precision: int8, bfloat16"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the table here")
     args = parser.parse_args()
 
@@ -54,7 +57,7 @@ def main() -> int:
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
     data = open_data(args.data).load_target(args.target)
     t0 = time.perf_counter()
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, dtype=args.dtype)
     load_s = time.perf_counter() - t0
     lm = HFLanguageModel(
         loaded.model, loaded.tokenizer, loaded.info, batch_size=args.batch_size, progress=False

@@ -87,7 +87,12 @@ def eval_cmd(
         int | None, typer.Option(min=1, help="torch CPU threads (default: all cores).")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="float32 (as the reference), bfloat16, float16.")] = "float32",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="float32 (as the reference), bfloat16, float16; int8: opt-in faster CPU evaluation."
+        ),
+    ] = "float32",
     stop_at_newline: Annotated[bool, typer.Option(help="Cut probe answers at the first newline.")] = False,
     bbh_compat: Annotated[
         bool, typer.Option(help="Report BBH with the reference's per-character bug.")

@@ -437,7 +437,9 @@ def _parse_dtype(dtype: Any) -> Any:
         name = _DTYPES.get(dtype.lower().removeprefix("torch."))
         if name is not None:
             return getattr(torch, name)
-    raise ModelError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or auto")
+    raise ModelError(
+        f"unknown dtype {dtype!r}; use float32, bfloat16, float16, auto (or int8 to evaluate on CPU)"
+    )
 
 
 def _check_device(device: Any) -> Any:
@@ -687,9 +689,12 @@ def load_model(
     explicitly asks, and only safetensors weights are read (pickled ``.bin`` files can run
     code). ``cache_dir`` overrides where GGUF conversions and the hash memo live.
     """
+    from rwku.models.precision import INT8, is_int8, quantize_linears_int8
+
     if not isinstance(spec, ModelSpec):
         spec = resolve_model(spec)
-    torch_dtype = _parse_dtype(dtype)
+    int8 = is_int8(dtype)
+    torch_dtype = _parse_dtype("float32" if int8 else dtype)
     dev = _check_device(device)
     info: dict[str, Any] = {
         "name": spec.name,
@@ -756,6 +761,12 @@ def load_model(
         raise ModelError(f"cannot load model {spec.name!r} ({where}){hint}: {_one_line(exc)}") from exc
 
     info["dtype"] = str(model.dtype).removeprefix("torch.")
+    if int8:
+        quantize_linears_int8(model, dev)
+        info["dtype"] = INT8
+    if info["fingerprint"] and info["dtype"] != "float32":
+        # another precision gives other numbers: never the float32 results from the cache
+        info["fingerprint"] = f"{info['fingerprint']}|{info['dtype']}"
     info["device"] = str(dev)
     info["num_parameters"] = sum(p.numel() for p in model.parameters())
     return LoadedModel(model=model, tokenizer=tokenizer, info=info)
