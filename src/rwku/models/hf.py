@@ -32,6 +32,8 @@ Greedy decoding is a plain argmax, as ``generate(do_sample=False)`` does with no
 processors. Floating-point sums differ with batch shapes and attention blocking, so a rare
 near-tie can flip a token against the reference's run; the conformance tests measure how
 rarely. Models whose attention the shared-prefix cache does not model (sliding windows) run
+on the stock transformers cache and SDPA instead, with the same requests and results
+(:func:`rwku.models.kvcache.supports_rows_attention`).
 
 Where each part lives
 ---------------------
