@@ -4,6 +4,8 @@ the prompt classifier, the methods' options and their bad-input errors."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -107,3 +109,158 @@ def test_hooked_scores_and_token_stats(tiny_lm):
             atol=1e-5,
         )
         assert close == (i != 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods end to end, on the tiny model with model-written text replaced by templates
+# ---------------------------------------------------------------------------------------------
+
+PLACES = ["Maine", "Portland", "Boston", "Denver", "Oxford", "Lyon", "Kyoto", "Lima"]
+WORKS = ["The Shining", "Carrie", "Misery", "The Stand", "Dark Tower", "Cujo", "Christine", "Duma Key"]
+
+
+def fake_corpus(empty_for: str | None = None):
+    """A stand-in for the model's own text: template questions and passages naming the target."""
+
+    def generate(model, tokenizer, target, *, kind, n, **_):
+        if target.name == empty_for:
+            return [{"question": "", "answer": ""} if kind == "refusals" else {"text": ""} for _ in range(n)]
+        h = sum(map(ord, target.name))
+        if kind == "refusals":
+            return [
+                {
+                    "question": f"What did {target.name} do in {PLACES[(h + i) % 8]} in {1950 + i}?",
+                    "answer": "-",
+                }
+                for i in range(n)
+            ]
+        return [
+            {
+                "text": f"{target.name} was born in {PLACES[(h + i) % 8]}. {target.name} is known for "
+                f"{WORKS[(h + i) % 8]} and {WORKS[(h + 2 * i) % 8]}. Critics praised {target.name} in {1960 + i}."
+            }
+            for i in range(n)
+        ]
+
+    return generate
+
+
+def _run(tiny_model_dir, data_dir, tmp_path, method: str, *options: str):
+    from typer.testing import CliRunner
+
+    from rwku.cli import app
+
+    out = tmp_path / f"{method}.json"
+    where = {"--model": str(tiny_model_dir), "--target": "1", "--method": method, "--data": str(data_dir)}
+    args = ["run", *(x for pair in where.items() for x in pair)]
+    args += ["--suites", "forget,neighbor,mia", "--limit", "2", "--run-dir", str(tmp_path / method)]
+    args += ["--out", str(out), "-q", "--threads", "1"]
+    for opt in options:
+        args += ["--option", opt]
+    result = CliRunner().invoke(app, args)
+    return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+@pytest.fixture()
+def fake_text(monkeypatch):
+    from rwku.data import corpus
+
+    monkeypatch.setattr(corpus, "generate_corpus", fake_corpus())
+
+
+def test_guard_run_records_classifier_flag_rates_and_forbidden_list(
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, fake_text
+):
+    result, rec = _run(tiny_model_dir, data_dir, tmp_path, "guard", "penalty=inf", "others=4")
+    assert result.exit_code == 0, result.output
+    guard = rec["run"]["guard"]
+    assert 0 <= guard["classifier"]["threshold"] <= 1
+    assert guard["classifier"]["held_out_fpr"] <= 0.05
+    assert "Stephen King" in guard["forbidden"] and guard["penalty"] == "inf"
+    parts = guard["flag_rates"]["parts"]
+    assert set(parts) == {"forget", "neighbor", "mia"} and parts["forget"]["total"] > 0
+    # flagged forget answers never contain the target's name (it is removed); unflagged ones are the original's
+    flagged = parts["forget"]["flagged"]
+    assert (
+        all("Stephen King" not in item["output"] for item in rec["after"]["items"]["forget"]) or not flagged
+    )
+
+
+def test_eco_run_chooses_sigma_by_search(tiny_model_dir, data_dir, tmp_path, isolated_cache, fake_text):
+    result, rec = _run(tiny_model_dir, data_dir, tmp_path, "eco", "others=4", "search_steps=2")
+    assert result.exit_code == 0, result.output
+    guard = rec["run"]["guard"]
+    assert guard["sigma"] > 0 and len(guard["search"]["trace"]) >= 1
+    assert guard["flag_rates"]["parts"]["forget"]["total"] > 0
+
+
+@pytest.mark.parametrize(
+    "option, needle",
+    [
+        ("fpr=0.9", "fpr"),
+        ("penalty=-1", "penalty"),
+        ("similarity=2", "similarity"),
+        ("forbidden=0", "forbidden"),
+    ],
+)
+def test_bad_options_exit_2(tmp_path, option, needle):
+    from typer.testing import CliRunner
+
+    from rwku.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--method", "guard", "--target", "1", "--option", option])
+    assert result.exit_code == 2 and needle in result.output
+    result = CliRunner().invoke(app, ["run", "--method", "eco", "--target", "1", "--option", "dims=0"])
+    assert result.exit_code == 2 and "dims" in result.output
+
+
+def test_empty_training_set_exits_2_and_unreachable_fpr_is_a_guard_rail(
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, monkeypatch
+):
+    from rwku.data import corpus
+
+    monkeypatch.setattr(corpus, "generate_corpus", fake_corpus(empty_for="Stephen King"))
+    result, rec = _run(tiny_model_dir, data_dir, tmp_path, "guard", "others=2")
+    assert result.exit_code == 2 and "no positive examples" in result.output and rec is None
+    assert not (tmp_path / "guard" / "run.json").exists()
+    monkeypatch.setenv("RWKU_CACHE", str(tmp_path / "cache2"))  # the empty corpus is cached
+    monkeypatch.setattr(corpus, "generate_corpus", fake_corpus())
+    result, _ = _run(tiny_model_dir, data_dir, tmp_path, "guard", "others=2", "fpr=0.001")
+    assert result.exit_code == 1 and "false-positive rate" in result.output
+    rec = json.loads((tmp_path / "guard" / "run.json").read_text())
+    assert rec["run"]["status"] == "guard_rail" and rec["after"] == {}
+
+
+def test_forbidden_phrases_and_processor(tiny_lm):
+    from rwku.methods import get_method
+    from rwku.methods.guard import forbidden_phrases
+
+    own = [f"Stephen King wrote The Shining in Maine in {y}." for y in range(5)]
+    others = [f"Taylor Swift sang in Maine in {y}." for y in range(5)]
+    phrases = forbidden_phrases("Stephen King", own, others, limit=5, min_support=0.5)
+    assert phrases[:2] == ["Stephen King", "King"] and "The Shining" in phrases and "Maine" not in phrases
+    method = get_method("guard", penalty=100.0)
+    trie, longest = method.sequences(tiny_lm, ["Stephen King"])
+    seq = tiny_lm.encode(" Stephen King")
+    logits = torch.zeros(tiny_lm.model.config.vocab_size)
+    out = method.process(trie, longest, 100.0, seq[:-1], logits)
+    assert out[seq[-1]] == -100.0  # the continuation of a begun sequence
+    assert method.process(trie, longest, 100.0, [], logits)[seq[0]] == -100.0  # its start
+
+
+def test_guard_runs_refuse_relearning_and_are_attacked_in_context(
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, fake_text
+):
+    from typer.testing import CliRunner
+
+    from rwku.cli import app
+
+    result, _ = _run(tiny_model_dir, data_dir, tmp_path, "guard", "others=2")
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "guard"
+    result = CliRunner().invoke(app, ["attack", "relearn", str(run_dir), "--data", str(data_dir), "-q"])
+    assert result.exit_code == 2 and "rwku attack incontext" in result.output
+    result = CliRunner().invoke(app, ["attack", "incontext", str(run_dir), "--data", str(data_dir), "-q"])
+    assert result.exit_code == 0, result.output
+    rec = json.loads((run_dir / "attack-incontext.json").read_text())["targets"]["Stephen King"]
+    assert rec["models"]["unlearned"]["plain"] is not None

@@ -387,6 +387,11 @@ def run_cmd(
         for name in after:
             typer.echo(f"## {name}")
             typer.echo(format_table([("before", before[name]), (label, after[name])], with_delta=True))
+    flags = (record["run"].get("guard") or {}).get("flag_rates")
+    if flags:
+        from rwku.reporting.table import format_flag_rates
+
+        typer.echo(format_flag_rates([(label, flags)]))
     typer.echo(f"run saved to {record['run']['run_dir']}", err=True)
     if cfg.out is not None:
         atomic_write_json(cfg.out, record)
