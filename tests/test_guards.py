@@ -264,3 +264,36 @@ def test_guard_runs_refuse_relearning_and_are_attacked_in_context(
     assert result.exit_code == 0, result.output
     rec = json.loads((run_dir / "attack-incontext.json").read_text())["targets"]["Stephen King"]
     assert rec["models"]["unlearned"]["plain"] is not None
+
+
+def test_report_flag_rate_rows_and_csv(tmp_path):
+    from rwku.reporting import aggregate as agg
+    from rwku.reporting.table import format_flag_rates
+
+    cell = {
+        "setting": "single",
+        "targets": ["A"],
+        "method": "guard",
+        "mode": None,
+        "params": {},
+        "options": {},
+    }
+
+    def rates(forget: float) -> dict:
+        parts = {
+            "forget": {"flagged": 1, "total": 2, "rate": forget},
+            "neighbor": {"flagged": 0, "total": 2, "rate": 0},
+        }
+        return {"flag_rates": {"parts": parts}}
+
+    units = [
+        agg.Unit(cell=cell, target=t, before={}, after={}, guard=rates(r))
+        for t, r in (("A", 0.5), ("B", 1.0))
+    ]
+    units.append(agg.Unit(cell={**cell, "method": "ga", "mode": "full"}, target="A", before={}, after={}))
+    rows = agg.flag_rates(agg.RunData(tmp_path, None, [], units, [], [], []))
+    assert [r.label for r in rows] == ["GUARD"] and rows[0].n == 2
+    assert rows[0].values["flag F %"].mean == 75.0 and rows[0].values["flag N %"].mean == 0.0
+    assert rows[0].values["flag U %"].mean is None
+    assert "flag F %_ci" in agg.to_csv(rows, list(agg.FLAG_COLUMNS)).splitlines()[0]
+    assert "1/2 (50%)" in format_flag_rates([("guard", rates(0.5)["flag_rates"])])
