@@ -310,9 +310,8 @@ def _exit_for(record: dict) -> None:
     if run["status"] != "finished":
         reasons = [run.get("reason")] + [r.get("reason") for r in (run.get("runs") or {}).values()]
         reason = next((r for r in reasons if r), "")
-        typer.echo(
-            f"rwku: training stopped ({run['status']}): {reason}; record in {run['run_dir']}", err=True
-        )
+        stopped = "the guard stopped" if run["status"] == "guard_rail" else "training stopped"
+        typer.echo(f"rwku: {stopped} ({run['status']}): {reason}; record in {run['run_dir']}", err=True)
         raise typer.Exit(code=1)
 
 
