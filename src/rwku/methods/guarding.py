@@ -440,7 +440,9 @@ class GuardedModel:
     def _hooks(self, texts: Sequence[str], desc: str) -> dict[int, RowHook]:
         if not self.enabled or not texts:
             return {}
-        flags = self.classifier.flags(self.lm, texts)
+        unique = list(dict.fromkeys(texts))  # TruthfulQA scores one context per answer choice
+        flagged = dict(zip(unique, self.classifier.flags(self.lm, unique)))
+        flags = [flagged[t] for t in texts]
         count = self.counts[suite_of(desc)]
         count[0] += sum(flags)
         count[1] += len(flags)
