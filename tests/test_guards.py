@@ -297,3 +297,28 @@ def test_report_flag_rate_rows_and_csv(tmp_path):
     assert rows[0].values["flag U %"].mean is None
     assert "flag F %_ci" in agg.to_csv(rows, list(agg.FLAG_COLUMNS)).splitlines()[0]
     assert "1/2 (50%)" in format_flag_rates([("guard", rates(0.5)["flag_rates"])])
+
+
+def test_guarded_model_changes_only_flagged_prompts_and_counts_flags(tiny_lm):
+    from rwku.methods.guarding import GuardedModel
+
+    class Stub:  # flags the prompts that mention Maine
+        def flags(self, lm, texts):
+            return ["Maine" in t for t in texts]
+
+    reqs = _requests(tiny_lm)
+    plain = tiny_lm.generate(reqs, stop_token_ids=[])
+    banned = set(range(3, tiny_lm.model.config.vocab_size, 2))  # every odd token id from 3 on
+    hook = RowHook(processor=_ban_processor(banned))
+    guarded = GuardedModel(tiny_lm, Stub(), lambda _text: hook)
+    got = guarded.generate(reqs, stop_token_ids=[], desc="forget: generate")
+    for r, before, after in zip(reqs, plain, got):
+        if "Maine" in r.prompt:
+            assert after != before
+        else:
+            assert after == before
+    assert guarded.flag_rates()["parts"]["forget"] == {
+        "flagged": 1,
+        "total": len(reqs),
+        "rate": round(1 / 6, 4),
+    }
