@@ -83,6 +83,7 @@ def main() -> int:
         "guarded_s": round(guarded_s, 1),
         "overhead": round(guarded_s / plain - 1, 3),
         "build_s": round(build, 1),
+        "classify_s": round(guarded.classify_seconds, 1),
         "flag_rates": guarded.flag_rates()["parts"],
     }
     print(json.dumps(result, indent=2))

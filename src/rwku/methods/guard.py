@@ -41,7 +41,7 @@ from rwku.methods.guarding import (
 from rwku.models.engine.hooks import RowHook
 
 #: Runs of capitalised words (with "of", "the", "and" inside): names, titles, places.
-PHRASE = re.compile(r"\b[A-Z][\w'’-]*(?:\s+(?:(?:of|the|and|de|von|van)\s+)?[A-Z][\w'’-]*){0,4}")
+PHRASE = re.compile(r"\b[A-Z][\w'’-]*(?:[ \t]+(?:(?:of|the|and|de|von|van)[ \t]+)?[A-Z][\w'’-]*){0,4}")
 #: First words that are never penalised on their own.
 COMMON = frozenset(
     [

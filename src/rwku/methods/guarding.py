@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -432,6 +433,7 @@ class GuardedModel:
         self.classifier = classifier
         self.hook_for = hook_for
         self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        self.classify_seconds = 0.0  # time spent classifying prompts (the guard's fixed cost)
         self.enabled = True
 
     def __getattr__(self, name: str):
@@ -440,8 +442,10 @@ class GuardedModel:
     def _hooks(self, texts: Sequence[str], desc: str) -> dict[int, RowHook]:
         if not self.enabled or not texts:
             return {}
+        started = time.perf_counter()
         unique = list(dict.fromkeys(texts))  # TruthfulQA scores one context per answer choice
         flagged = dict(zip(unique, self.classifier.flags(self.lm, unique)))
+        self.classify_seconds += time.perf_counter() - started
         flags = [flagged[t] for t in texts]
         count = self.counts[suite_of(desc)]
         count[0] += sum(flags)
