@@ -7,8 +7,9 @@ import torch
 from rwku.models.hf import HFLanguageModel
 
 
-def plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
-    """Greedy continuation of ``prompt`` by ``model.generate`` on one unpadded row."""
+def plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int, logits_processor=None) -> str:
+    """Greedy continuation of ``prompt`` by ``model.generate`` on one unpadded row (with
+    ``logits_processor``, a list of transformers processors, when given)."""
     ids = lm.tokenizer(prompt, return_tensors="pt").input_ids.to(lm.model.device)
     out = lm.model.generate(
         ids,
@@ -17,6 +18,7 @@ def plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int) -> str:
         do_sample=False,
         eos_token_id=lm.tokenizer.eos_token_id,
         pad_token_id=lm.pad_id,
+        logits_processor=logits_processor,
     )
     full = lm.tokenizer.decode(out[0], skip_special_tokens=True)
     return full[len(lm.tokenizer.decode(ids[0], skip_special_tokens=True)) :]

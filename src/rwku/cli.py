@@ -315,9 +315,8 @@ def _exit_for(record: dict) -> None:
     if run["status"] != "finished":
         reasons = [run.get("reason")] + [r.get("reason") for r in (run.get("runs") or {}).values()]
         reason = next((r for r in reasons if r), "")
-        typer.echo(
-            f"rwku: training stopped ({run['status']}): {reason}; record in {run['run_dir']}", err=True
-        )
+        stopped = "the guard stopped" if run["status"] == "guard_rail" else "training stopped"
+        typer.echo(f"rwku: {stopped} ({run['status']}): {reason}; record in {run['run_dir']}", err=True)
         raise typer.Exit(code=1)
 
 
@@ -392,6 +391,11 @@ def run_cmd(
         for name in after:
             typer.echo(f"## {name}")
             typer.echo(format_table([("before", before[name]), (label, after[name])], with_delta=True))
+    flags = (record["run"].get("guard") or {}).get("flag_rates")
+    if flags:
+        from rwku.reporting.table import format_flag_rates
+
+        typer.echo(format_flag_rates([(label, flags)]))
     typer.echo(f"run saved to {record['run']['run_dir']}", err=True)
     if cfg.out is not None:
         atomic_write_json(cfg.out, record)

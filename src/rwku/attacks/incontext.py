@@ -69,7 +69,8 @@ def run_incontext(
         try:
             cfg = EvalConfig(prompt_prefix=subject.prefix_for(which))
             # one level dict keeps the given order (run_probes flattens levels in sorted order)
-            return run_probes(lm, {"all": list(plist)}, cfg, "forget", contexts=ctxs).items["forget"]
+            asked = subject.asked(which, rwku_data, target, log)  # a guard run: its classifier and hook
+            return run_probes(asked, {"all": list(plist)}, cfg, "forget", contexts=ctxs).items["forget"]
         finally:
             if undo is not None:
                 undo()

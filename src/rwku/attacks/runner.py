@@ -76,6 +76,15 @@ def attack_run(
         raise ConfigError(f"unknown attack {attack!r}; choose from: {', '.join(ATTACKS)}")
     relearn = relearn or RelearnOptions()
     run_targets = attack_subject_targets(path, target, model)
+    if attack == "relearn":
+        from rwku.methods import get_method
+
+        if get_method(run_targets[0].method, **run_targets[0].method_options).guards:
+            raise ConfigError(
+                f"run {path} is an inference-time guard ({run_targets[0].method}): its weights are the "
+                "original model's, so a relearning attack would fine-tune the original model, not the guard; "
+                "attack it in context instead (rwku attack incontext)"
+            )
     rwku_data = open_data(data or run_targets[0].data)
     # every target must exist (and have passages for the attacks that read them) before models load
     target_data = {rt.target: rwku_data.load_target(rt.target) for rt in run_targets}

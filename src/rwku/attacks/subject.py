@@ -43,6 +43,7 @@ class RunTarget:
     weights: Path | None  # None for inference-time methods
     setting: str = "single"
     data: str | None = None
+    seed: int = 0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -117,6 +118,7 @@ def _targets_of(run: dict[str, Any], path: Path) -> list[RunTarget]:
             weights=weights,
             setting=setting,
             data=cfg.get("data"),
+            seed=int(cfg.get("seed") or 0),
         )
         for t in targets
     ]
@@ -173,6 +175,7 @@ class AttackSubject:
         self.method = get_method(run.method, **run.method_options) if run.method != "external" else None
         self.prompt_prefix: str | None = self.method.prompt_prefix() if self.method is not None else None
         self._vectors: dict[str, Any] = {}
+        self._guards: dict[str, Any] = {}  # an inference-time guard per target (see asked)
         self.unlearned = self._load_unlearned(device, dtype)
         self.lm = HFLanguageModel(
             self.original, self.tokenizer, self.info, batch_size=eval_batch_size, progress=progress
@@ -222,6 +225,24 @@ class AttackSubject:
                 self._vectors[target.name] = control_vectors(self.original, self.tokenizer, target)
             return self.method.install(model, self.tokenizer, target, vectors=self._vectors[target.name])
         return self.method.install(model, self.tokenizer, target)
+
+    def asked(self, which: str, rwku_data, target, log: Callable[[str], None] = print):
+        """The model an evaluation of ``which`` asks: the engine, or for an inference-time guard's
+        unlearned side the guard around it (rebuilt as the run built it: same cached text, seed
+        and options; :meth:`rwku.methods.base.UnlearningMethod.guard`)."""
+        if which == "original" or self.method is None or not self.method.guards:
+            return self.lm
+        if target.name not in self._guards:
+            self._guards[target.name] = self.method.guard(
+                self.lm,
+                rwku_data,
+                target,
+                fingerprint=self.fingerprint,
+                seed=self.run.seed,
+                progress=self.lm.progress,
+                log=log,
+            )
+        return self._guards[target.name]
 
     def prefix_for(self, which: str) -> str | None:
         return self.prompt_prefix if which == "unlearned" else None

@@ -248,7 +248,11 @@ class UnlearnConfig:
         """Check values the types alone do not (choices, ranges); raise ConfigError."""
         from rwku.methods import get_method
 
-        get_method(self.method, **self.method_options)  # unknown method or option: ConfigError
+        method = get_method(self.method, **self.method_options)  # unknown method or option: ConfigError
+        if method.guards and len(self.targets) > 1:
+            raise ConfigError(
+                f"{source}: method {method.name!r} guards one target at a time; give one target"
+            )
         for name, choices in (
             ("mode", ("full", "lora", "partial")),
             ("setting", (*SETTINGS, None)),
@@ -715,6 +719,8 @@ def _run_once(
     hyper: dict[str, Any] = dict(method.options)
     t0 = time.perf_counter()
     record: dict[str, Any] = {}
+    eval_lm = lm  # the model the "after" evaluation asks: a guard's wrapper for ECO and GUARD
+    guard: dict[str, Any] | None = None  # what a guard chose and measured (run record "guard")
 
     def make_record(status: str, reason: str | None, after: dict) -> dict:
         timings["total"] = round(time.perf_counter() - started, 1)
@@ -742,6 +748,7 @@ def _run_once(
                 "model": {k: loaded.info.get(k) for k in ("name", "fingerprint", "num_parameters")},
                 "run_dir": str(run_dir) if run_dir is not None else None,
                 "config": asdict(cfg),
+                **({"guard": guard} if guard is not None else {}),
             },
             "before": before[targets[0].name] if len(targets) == 1 and before else before,
             "after": after[targets[0].name] if len(targets) == 1 and after else after,
@@ -765,6 +772,29 @@ def _run_once(
                     "file": "control_vectors.safetensors",
                     "shape": list(vectors.shape),
                 }
+        if method.guards:
+            from rwku.methods.guarding import GuardRail
+
+            try:
+                eval_lm = method.guard(
+                    lm,
+                    data,
+                    targets[0],
+                    fingerprint=fingerprint,
+                    seed=cfg.seed,
+                    progress=cfg.progress,
+                    log=log,
+                )
+            except GuardRail as err:  # the classifier cannot meet its false-positive target
+                guard = {"classifier": err.info}
+                timings["guard"] = round(time.perf_counter() - t0, 1)
+                log(f"guard rail: {err}. The model is not evaluated; the run record says why.")
+                record = make_record("guard_rail", str(err), {})
+                if run_dir is not None:
+                    write_run_files(run_dir, cfg, corpora, retain, record)
+                return record
+            guard = dict(method.record)
+            timings["guard"] = round(time.perf_counter() - t0, 1)
     else:
         for t in targets:
             log(f"building the {method.corpus} corpus for {t.name} ({cfg.corpus}) ...")
@@ -848,8 +878,10 @@ def _run_once(
         t0 = time.perf_counter()
         for td in target_data:
             log(f"evaluating the unlearned model on {td.target.name} ...")
-            after[td.target.name] = evaluate(lm, td, suites=cfg.suites, cfg=after_cfg)
+            after[td.target.name] = evaluate(eval_lm, td, suites=cfg.suites, cfg=after_cfg)
         timings["evaluate_after"] = round(time.perf_counter() - t0, 1)
+        if guard is not None:
+            guard["flag_rates"] = eval_lm.flag_rates()
     if undo is not None:
         undo()
 

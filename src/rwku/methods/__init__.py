@@ -6,7 +6,20 @@ follows, :mod:`rwku.methods.batches` for how corpus records become tensors, and
 :mod:`rwku.methods.losses` for the formulas.
 """
 
-from rwku.methods import dpo, ga, graddiff, icu, kl, npo, repe, rmu, rt, simnpo  # noqa: F401  (registration)
+from rwku.methods import (  # noqa: F401  (registration)
+    dpo,
+    eco,
+    ga,
+    graddiff,
+    guard,
+    icu,
+    kl,
+    npo,
+    repe,
+    rmu,
+    rt,
+    simnpo,
+)
 from rwku.methods.base import (
     CORPUS_KINDS,
     Hyperparameters,

@@ -1,8 +1,9 @@
 """What an unlearning method is, and the registry that makes a new method one file.
 
 A method is either
-* an **inference-time** method (ICU, RepE): it returns an evaluation-time change — a prompt
-  prefix, or hooks on the model's hidden states — and trains nothing; or
+* an **inference-time** method (ICU, RepE, ECO, GUARD): it returns an evaluation-time change —
+  a prompt prefix, hooks on the model's hidden states, or a guard that changes the answers to
+  the prompts its classifier flags — and trains nothing; or
 * a **training** method (GA, NPO, DPO, RT, ...): it names the corpus it needs and turns a
   batch of that corpus into a loss. The shared trainer (``rwku.methods.trainer``) owns the
   optimiser, schedule, training mode (full / LoRA / partial layers), guard rails and saving.
@@ -81,6 +82,8 @@ class UnlearningMethod:
     needs_retain: ClassVar[bool] = False
     #: presets: {"full": Hyperparameters, "lora": ..., "batch_full": ...} for the paper's 8B runs
     paper_presets: ClassVar[dict[str, Hyperparameters]] = {}
+    #: an inference-time guard (ECO, GUARD): ``guard`` wraps the evaluation model
+    guards: ClassVar[bool] = False
     #: the options a method accepts, with their defaults (beta, alpha, layers, ...)
     defaults: ClassVar[dict[str, Any]] = {}
 
@@ -115,6 +118,12 @@ class UnlearningMethod:
 
     def install(self, model, tokenizer, target) -> Callable[[], None] | None:
         """Change the model at inference time (e.g. RepE hooks); return a function that undoes it."""
+        return None
+
+    def guard(self, lm, data, target, *, fingerprint: str, seed: int, progress: bool, log, generate=None):
+        """An inference-time guard (ECO, GUARD): the evaluation model wrapped so that the prompts a
+        classifier flags are answered by a changed model (:class:`rwku.methods.guarding.GuardedModel`),
+        with what it chose in ``self.record``; None for every other method."""
         return None
 
 

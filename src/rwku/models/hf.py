@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 
 from rwku.models.backend import ContinuationScore, GenerationRequest, ScoreRequest, TokenStats
 from rwku.models.engine.decoding import FREE_TOKENS, MAX_DRAFT, Decoding, _expected_accepted, _StepTimer
+from rwku.models.engine.hooks import RowHook
 from rwku.models.engine.planning import MIN_SHARED_PREFIX, Planning, _cost, _Row
 from rwku.models.engine.prefill import Prefill, _Prefixes
 from rwku.models.engine.scoring import STATS_CHUNK, Scoring, _vocab_stats
@@ -143,6 +144,18 @@ class HFLanguageModel(Planning, Workers, Prefill, Decoding, Scoring):
             tokenizer.pad_token = tokenizer.eos_token
         self.pad_id = tokenizer.pad_token_id
         self.tokens_processed = 0  # prefill + decode tokens, for throughput reports
+        #: per-request hooks of the next calls, by request index (see :meth:`hooked`)
+        self.row_hooks: dict[int, RowHook] | None = None
+
+    @contextlib.contextmanager
+    def hooked(self, hooks: dict[int, RowHook] | None):
+        """Run the calls inside with ``hooks[i]`` changing request ``i`` (one call's requests;
+        :mod:`rwku.models.engine.hooks`); requests without a hook run as without the context."""
+        saved, self.row_hooks = self.row_hooks, hooks or None
+        try:
+            yield self
+        finally:
+            self.row_hooks = saved
 
     def _count(self, tokens: int) -> None:
         with self._count_lock:
@@ -243,10 +256,13 @@ class HFLanguageModel(Planning, Workers, Prefill, Decoding, Scoring):
 
         self._run(rows, desc, step, extra=max((r.max_new_tokens for r in requests), default=0))
         if separate:
-            extra_scores = self.score(
-                [ScoreRequest(requests[i].prompt, continuations[i]) for i in separate],
-                desc=f"{desc} (scores)",
-            )
+            hooks = self.row_hooks or {}
+            moved = {k: hooks[i] for k, i in enumerate(separate) if i in hooks}
+            with self.hooked(moved):
+                extra_scores = self.score(
+                    [ScoreRequest(requests[i].prompt, continuations[i]) for i in separate],
+                    desc=f"{desc} (scores)",
+                )
             for i, s in zip(separate, extra_scores):
                 scores[i] = s
         return list(zip(texts, scores))
@@ -301,6 +317,10 @@ class HFLanguageModel(Planning, Workers, Prefill, Decoding, Scoring):
         prefixes are computed first (see :meth:`_precompute`), so no worker waits for another's
         prefix.
         """
+        for row in rows:  # a shared prefix never covers a position a hook edits
+            row.hook = (self.row_hooks or {}).get(row.index)
+            if row.hook is not None and row.hook.first_edit is not None:
+                row.cap = min(row.cap, row.hook.first_edit)
         root = self._assign_prefixes(rows)
         workers = max(1, min(self.workers, len(rows)))
         batches = self._plan(rows, extra, parts=workers, max_rows=max_rows)

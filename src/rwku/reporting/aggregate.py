@@ -27,7 +27,21 @@ from rwku.errors import ConfigError
 from rwku.reporting.table import COLUMNS, table_values
 
 #: The paper's method order (Table 1), then anything else alphabetically.
-METHOD_ORDER = ("icu", "repe", "ga_star", "ga", "dpo", "npo", "rt", "graddiff", "kl", "simnpo", "rmu")
+METHOD_ORDER = (
+    "icu",
+    "repe",
+    "eco",
+    "guard",
+    "ga_star",
+    "ga",
+    "dpo",
+    "npo",
+    "rt",
+    "graddiff",
+    "kl",
+    "simnpo",
+    "rmu",
+)
 MODE_ORDER = (None, "full", "lora", "partial")
 #: Column groups of the paper's header row, for the LaTeX table.
 COLUMN_GROUPS = (
@@ -128,6 +142,8 @@ class Unit:
     after: dict[str, Any] | None
     #: (epoch, result) pairs recorded during training, the final epoch included
     epochs: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    #: an inference-time guard's record (ECO, GUARD: classifier, flag rates), else None
+    guard: dict[str, Any] | None = None
 
 
 @dataclass
@@ -200,6 +216,7 @@ def load_run(run_dir: str | Path) -> RunData:
                     before=before.get(t),
                     after=after.get(t),
                     epochs=[(e, res[t]) for e, res in epochs if t in res],
+                    guard=(record.get("run") or {}).get("guard"),
                 )
             )
     return RunData(path, manifest, results, units, missing, unscored, ignored)
@@ -290,6 +307,29 @@ def table1(run: RunData, confidence: float = 0.95) -> list[Row]:
     for key, units in grouped(run).items():
         afters = [u.after for u in units if u.after is not None]
         rows.append(Row(label_for(key), key, len(afters), _stats(afters, confidence, extra)))
+    return rows
+
+
+#: Flag-rate columns (percent of the part's prompts the guard's classifier flagged), and the part
+#: of the run record's ``guard.flag_rates.parts`` each reads.
+FLAG_COLUMNS = {"flag F %": "forget", "flag N %": "neighbor", "flag MIA %": "mia", "flag U %": "utility"}
+
+
+def flag_rates(run: RunData, confidence: float = 0.95) -> list[Row]:
+    """One row per group of inference-time guard cells: the mean share of each part's prompts that
+    the guard's classifier flagged (over the group's targets)."""
+    rows = []
+    for key, units in grouped(run).items():
+        parts = [u.guard["flag_rates"]["parts"] for u in units if u.guard and u.guard.get("flag_rates")]
+        if not parts:
+            continue
+
+        def pct(p: dict, part: str) -> float | None:
+            rate = (p.get(part) or {}).get("rate")
+            return None if rate is None else 100 * rate
+
+        values = {c: mean_ci([pct(p, part) for p in parts], confidence) for c, part in FLAG_COLUMNS.items()}
+        rows.append(Row(label_for(key), key, len(parts), values))
     return rows
 
 

@@ -8,6 +8,8 @@ Writes into ``RUN_DIR/report/`` (or ``--out``):
   cells and one line on what the run could add;
 * ``deltas.csv`` — the change table;
 * ``table1.csv`` / ``table1.tex`` — Table 1 for spreadsheets and for the paper (booktabs);
+* ``flag_rates.csv`` — for the inference-time guards (ECO, GUARD), the share of forget, neighbor,
+  MIA and utility prompts their classifier flagged (shown under Table 1 in ``report.md``);
 * ``attack_types.md`` / ``attack_types.csv`` — forget score per adversarial attack type;
 * ``robustness.csv`` / ``robustness.tex`` / ``incontext.csv`` — recovery under relearning and
   in-context attacks, when the sweep ran them (:mod:`rwku.reporting.robustness`);
@@ -72,8 +74,17 @@ class Tables:
     curves: dict[str, list[agg.Series]]
     #: True when the changes are paired per target (from the cells), False for differences of means
     paired: bool = True
+    #: the flag rates of the inference-time guards' classifiers (empty without guard cells)
+    flags: list[agg.Row] = field(default_factory=list)
     #: the relearning / in-context attack tables (empty without attacks or cells)
     robustness: robustness.Robustness = field(default_factory=robustness.Robustness)
+
+
+FLAG_NOTE = (
+    "Share of each part's prompts (forget probes, neighbor probes, MIA texts, utility prompts) that the "
+    "guard's classifier flagged, in %; the flagged ones were answered by the guarded model, the rest by the "
+    "original (docs/guards.md). Neighbor flags are false positives."
+)
 
 
 def tables_from_run(run_dir: Path, confidence: float) -> Tables:
@@ -94,6 +105,7 @@ def tables_from_run(run_dir: Path, confidence: float) -> Tables:
             "layers": agg.layer_grid(run, confidence),
         },
         robustness=robustness.robustness(run, confidence),
+        flags=agg.flag_rates(run, confidence),
     )
 
 
@@ -183,6 +195,10 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         write("table1.tex", agg.to_latex(t.rows, confidence))
         if t.type_rows:
             write("attack_types.csv", agg.to_csv(t.type_rows, t.types))
+    flag_columns = list(agg.FLAG_COLUMNS)
+    flag_md = agg.to_markdown(t.flags, flag_columns) if t.flags else ""
+    if t.flags:
+        write("flag_rates.csv", agg.to_csv(t.flags, flag_columns))
     if t.deltas:
         write("deltas.csv", agg.to_csv(t.deltas, agg.delta_columns(t.deltas)))
     if type_md:
@@ -213,6 +229,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
     if t.deltas:
         md += [f"## {delta_title}", "", *(f"- {x}" for x in readings), "", delta_note, "", delta_md, ""]
     md += ["## Table 1", "", result.table_markdown, ""]
+    if flag_md:
+        md += ["### Flagged by the inference-time guards", "", FLAG_NOTE, "", flag_md, ""]
     if type_md:
         md += ["## Forget score by attack type", "", type_md, ""]
         if type_delta_md:
@@ -237,6 +255,12 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
             signed=True,
         ),
         Section("Table 1", t.rows, agg.report_columns(t.rows)),
+        Section(
+            "Flagged by the inference-time guards",
+            t.flags,
+            flag_columns,
+            notes=[FLAG_NOTE] if t.flags else [],
+        ),
         Section("Forget score by attack type", t.type_rows, t.types),
         Section(
             f"Forget score by attack type: {delta_title[0].lower()}{delta_title[1:]}",

@@ -83,3 +83,28 @@ def format_table(rows: Sequence[tuple[str, dict]], *, with_delta: bool = False) 
         ]
         lines.append("| " + " | ".join(["Δ", *deltas]) + " |")
     return "\n".join(lines)
+
+
+#: The parts of an evaluation an inference-time guard's flag rates are reported for.
+FLAG_PARTS = ("forget", "neighbor", "mia", "utility")
+
+
+def flag_rate_cells(flag_rates: dict) -> dict[str, str]:
+    """``flagged/total (rate %)`` per part of a guard run's ``flag_rates`` (``-`` where not run)."""
+    parts = flag_rates.get("parts", {})
+    cells = {}
+    for part in FLAG_PARTS:
+        p = parts.get(part)
+        cells[part] = (
+            "-" if not p or not p.get("total") else f"{p['flagged']}/{p['total']} ({100 * p['rate']:.0f}%)"
+        )
+    return cells
+
+
+def format_flag_rates(rows: Sequence[tuple[str, dict]]) -> str:
+    """Markdown table of how many prompts of each part a guard's classifier flagged."""
+    lines = ["| flagged | " + " | ".join(FLAG_PARTS) + " |", "|" + "---|" * (len(FLAG_PARTS) + 1)]
+    for label, rates in rows:
+        cells = flag_rate_cells(rates)
+        lines.append("| " + " | ".join([label, *(cells[p] for p in FLAG_PARTS)]) + " |")
+    return "\n".join(lines)

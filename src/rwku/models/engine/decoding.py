@@ -18,8 +18,9 @@ import time
 import torch
 
 from rwku.models.drafting import PromptLookup
+from rwku.models.engine.hooks import guided_argmax
 from rwku.models.engine.planning import _Row
-from rwku.models.engine.prefill import _left_padded
+from rwku.models.engine.prefill import _left_padded, _no_hooks
 from rwku.models.engine.workers import MIN_SHARED_STEPS
 from rwku.models.kvcache import RowKV
 
@@ -110,7 +111,12 @@ class Decoding:
                     break
             return taken
 
-        for b, tok in enumerate(last_logits.argmax(-1).tolist()):
+        processors = [getattr(row.hook, "processor", None) for row in batch]
+        first = last_logits.argmax(-1).tolist()
+        for b, proc in enumerate(processors):
+            if proc is not None:
+                first[b] = int(proc([], last_logits[b]).argmax())
+        for b, tok in enumerate(first):
             taken = take(b, [tok])
             if lookups is not None and taken:
                 lookups[b].extend(taken)
@@ -182,6 +188,8 @@ class Decoding:
                     if not live[b]:
                         continue
                     draft = drafts[k][: width - 1]
+                    if processors[b] is not None:
+                        predicted[k] = guided_argmax(processors[b], generated[b], draft, logits[k])
                     accepted = 0
                     while accepted < len(draft) and draft[accepted] == predicted[k][accepted]:
                         accepted += 1
@@ -228,6 +236,7 @@ class Decoding:
 
     def _generate_plain(self, batch: list[_Row], requests, stop: set[int]) -> list[list[int]]:
         """Fallback generation with transformers' ``generate`` (no sharing, no speculation)."""
+        _no_hooks(batch)
         input_ids, mask = _left_padded(batch, self.pad_id)
         s_max = input_ids.shape[1]
         budget = max(requests[r.index].max_new_tokens for r in batch)

@@ -15,6 +15,7 @@ import math
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 #: Below this many shared tokens a prefix is not worth a separate forward pass.
 MIN_SHARED_PREFIX = 16
@@ -60,6 +61,7 @@ class _Row:
     group: Hashable | None
     cap: int  # the prefix may cover at most this many tokens
     prefix_len: int = 0
+    hook: Any = None  # a RowHook (rwku.models.engine.hooks) of this row, if any
 
     @property
     def prefix(self) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from rwku.models.engine.hooks import edit_embeddings
 from rwku.models.engine.planning import _Row
 from rwku.models.kvcache import RowKV
 
@@ -86,6 +87,11 @@ def _row_cache(batch: list[_Row], kvs: dict, capacity: int) -> RowKV:
     )
 
 
+def _no_hooks(batch: list[_Row]) -> None:
+    if any(row.hook is not None for row in batch):
+        raise ValueError("per-row hooks (inference-time guards) need a model on the shared-prefix cache")
+
+
 def _left_padded(batch: list[_Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Whole rows left-padded to the longest: ``(input_ids, attention_mask)``, both [B, S]."""
     s_max = max(len(r.ids) for r in batch)
@@ -141,16 +147,20 @@ class Prefill:
         cache.commit()
         return list(zip(cache.keys, cache.values))
 
-    def _model_forward(self, cache: RowKV, input_ids: torch.Tensor, prefix_lengths: torch.Tensor, keep: int):
+    def _model_forward(
+        self, cache: RowKV, input_ids: torch.Tensor, prefix_lengths: torch.Tensor, keep: int, embeds=None
+    ):
         """One pass of ``input_ids`` [B, Q] written after each row's cached tokens; logits of the
-        last ``keep`` positions as float32."""
+        last ``keep`` positions as float32. ``embeds``: the input embeddings to use instead (rows
+        with a hook's edits, see :mod:`rwku.models.engine.hooks`)."""
         q_len = input_ids.shape[1]
         device = self.device
         cache.prepare(q_len, device)
         positions = cache.positions(prefix_lengths)[:, None] + torch.arange(q_len)
         positions = positions.clamp(min=0)
+        inputs = {"input_ids": input_ids.to(device)} if embeds is None else {"inputs_embeds": embeds}
         out = self.model(
-            input_ids=input_ids.to(device),
+            **inputs,
             position_ids=positions.to(device),
             use_cache=True,
             logits_to_keep=keep,
@@ -181,7 +191,13 @@ class Prefill:
         cache.set_start(pads)
         # Positions count real tokens only: a row's first suffix token sits right after its prefix.
         prefix_lengths = torch.tensor([r.prefix_len for r in batch], dtype=torch.long)
-        logits = self._model_forward(cache, input_ids, prefix_lengths, keep)
+        edits = [
+            (b, row.hook, row.prefix_len - (0 if right_pad else int(pads[b])))
+            for b, row in enumerate(batch)
+            if row.hook is not None and row.hook.positions
+        ]
+        embeds = edit_embeddings(self.model, input_ids.to(self.device), edits) if edits else None
+        logits = self._model_forward(cache, input_ids, prefix_lengths, keep, embeds)
         cache.commit()
         self._count(sum(r.suffix_len for r in batch))
         return logits, cache, prefix_lengths
@@ -189,6 +205,7 @@ class Prefill:
     @torch.no_grad()
     def _plain_forward(self, batch: list[_Row], keep: int) -> torch.Tensor:
         """Fallback for models the shared cache does not support: a left-padded full pass."""
+        _no_hooks(batch)
         input_ids, mask = _left_padded(batch, self.pad_id)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(
