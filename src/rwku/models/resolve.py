@@ -741,6 +741,10 @@ def load_model(
             raise ModelError(f"cannot load model {spec.name!r}: unknown kind {spec.kind!r}")
         model.to(dev)
         model.eval()
+        if str(dev).startswith("cpu"):
+            from rwku.models.moe import use_eager_experts
+
+            use_eager_experts(model)  # transformers' grouped_mm experts are a slow fallback on CPU
         _prepare_tokenizer(tokenizer, model)
     except ModelError:
         raise
