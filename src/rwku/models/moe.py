@@ -51,6 +51,7 @@ __all__ = [
     "router_probs",
     "selection_shift",
     "selection_stats",
+    "text_view",
     "use_eager_experts",
 ]
 
@@ -267,6 +268,18 @@ class _RouterReached(Exception):
     """Internal: the forward pass has reached the router it was run for."""
 
 
+def text_view(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of a training batch: the plain ones, or for a
+    preference batch (DPO) the rejected side, which holds the text to forget."""
+    for prefix in ("", "rejected_", "chosen_"):
+        if prefix + "input_ids" in batch:
+            return {
+                "input_ids": batch[prefix + "input_ids"],
+                "attention_mask": batch[prefix + "attention_mask"],
+            }
+    raise KeyError("the batch has no input_ids")
+
+
 def _real_tokens(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).bool()
 
@@ -281,8 +294,9 @@ def _routed_batches(
     model.eval()
     try:
         for batch in batches:
-            ids = batch["input_ids"].to(device)
-            mask = batch["attention_mask"].to(device)
+            view = text_view(batch)
+            ids = view["input_ids"].to(device)
+            mask = view["attention_mask"].to(device)
             with RouterCapture(layers) as cap:
                 model(input_ids=ids, attention_mask=mask, use_cache=False)
             yield {"input_ids": ids, "attention_mask": mask}, cap
@@ -385,11 +399,12 @@ def router_anchor(
     A forward pass of the batch that stops right after ``layer``'s router (nothing above it
     is computed); the model's training/eval state is left as it is.
     """
+    view = text_view(batch)
     with RouterCapture([layer], grad=True, stop_after=layer.index) as cap:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+        model(input_ids=view["input_ids"], attention_mask=view["attention_mask"], use_cache=False)
     if not cap.probs[layer.index]:
         raise RuntimeError(f"the router of layer {layer.index} did not run")
-    return anchor_loss(cap.probs[layer.index][0], expert, batch["attention_mask"])
+    return anchor_loss(cap.probs[layer.index][0], expert, view["attention_mask"])
 
 
 # --------------------------------------------------------------------------------------------

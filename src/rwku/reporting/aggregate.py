@@ -28,7 +28,7 @@ from rwku.reporting.table import COLUMNS, table_values
 
 #: The paper's method order (Table 1), then anything else alphabetically.
 METHOD_ORDER = ("icu", "repe", "ga_star", "ga", "dpo", "npo", "rt", "graddiff", "kl", "simnpo", "rmu")
-MODE_ORDER = (None, "full", "lora", "partial")
+MODE_ORDER = (None, "full", "lora", "partial", "expert")
 #: Column groups of the paper's header row, for the LaTeX table.
 COLUMN_GROUPS = (
     ("Forget Set", ("F-FB", "F-QA", "F-AA", "F-All")),
