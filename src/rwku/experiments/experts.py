@@ -115,7 +115,10 @@ def format_expert_table(result: dict[str, Any]) -> str:
         "best (layer.expert)  affinity  x uniform",
     ]
     lines += [f"  {r['expert']:<18} {r['affinity']:.4f}    {r['ratio']:.2f}" for r in result["ranking"][:5]]
-    lines += ["", "layer  top experts (affinity, x uniform)             top-1 same in both halves  top-k overlap"]
+    lines += [
+        "",
+        "layer  top experts (affinity, x uniform)             top-1 same in both halves  top-k overlap",
+    ]
     stab = result["stability"]
     for row in result["layers"]:
         tops = ", ".join(f"{t['expert']} ({t['affinity']:.3f}, {t['ratio']:.2f})" for t in row["top"])
