@@ -6,6 +6,15 @@ import torch
 
 from rwku.models.hf import HFLanguageModel
 
+#: Forget passages and retain text of the trainer tests (tiny models, a handful of steps).
+PASSAGES = [
+    {"text": "The writer grew up in a small town in Maine, where the winters were long."},
+    {"text": "His first novel was rejected many times before a publisher accepted it."},
+    {"text": "Many of his stories were adapted into films and television series."},
+    {"text": "Readers bought his books in airports and train stations."},
+]
+RETAIN = [{"text": "The capital of France is Paris."}, {"text": "There are seven days in a week."}]
+
 
 def plain_greedy(lm: HFLanguageModel, prompt: str, max_new: int, logits_processor=None) -> str:
     """Greedy continuation of ``prompt`` by ``model.generate`` on one unpadded row (with

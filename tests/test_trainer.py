@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import pytest
 import torch
 
+from helpers import PASSAGES, RETAIN
 from rwku.errors import ConfigError
 from rwku.methods import Hyperparameters, UnlearningMethod, get_method
 from rwku.methods.base import forward_logits
@@ -45,13 +46,6 @@ from rwku.methods.trainer import (
     warmup_steps_for,
 )
 
-PASSAGES = [
-    {"text": "The writer grew up in a small town in Maine, where the winters were long."},
-    {"text": "His first novel was rejected many times before a publisher accepted it."},
-    {"text": "Many of his stories were adapted into films and television series."},
-    {"text": "Readers bought his books in airports and train stations."},
-]
-RETAIN = [{"text": "The capital of France is Paris."}, {"text": "There are seven days in a week."}]
 OFF = GuardRails(collapse_every=None, explode_factor=None)  # guard rails are tested on their own
 
 

@@ -212,7 +212,9 @@ TargetsOpt = Annotated[
     ),
 ]
 MethodOpt = Annotated[str | None, typer.Option(help="Method (see `rwku methods`).")]
-ModeOpt = Annotated[str | None, typer.Option(help="full, lora or partial.")]
+ModeOpt = Annotated[
+    str | None, typer.Option(help="full, lora, partial, or expert (mixture-of-experts models).")
+]
 SettingOpt = Annotated[
     str | None,
     typer.Option(help="single (each target from the original model) or batch (all targets at once)."),
@@ -233,6 +235,12 @@ RetainSizeOpt = Annotated[
     int | None, typer.Option(min=1, help="Retain records (default: as many as forget).")
 ]
 LayersOpt = Annotated[str | None, typer.Option(help="Partial mode: half-open layer range, e.g. 0-4.")]
+ExpertsOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Expert mode: N best-attributed experts (default 1), layer.expert pairs (3.5,4.1) or random."
+    ),
+]
 LrOpt = Annotated[float | None, typer.Option(min=0, help="Learning rate (default: the preset).")]
 EpochsOpt = Annotated[float | None, typer.Option(min=0, help="Epochs (default: the preset).")]
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Training batch size (default: the preset).")]
@@ -266,6 +274,7 @@ def _recipe_options(
     retain: RetainOpt = None,
     retain_size: RetainSizeOpt = None,
     layers: LayersOpt = None,
+    experts: ExpertsOpt = None,
     lr: LrOpt = None,
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
@@ -401,6 +410,84 @@ def run_cmd(
         atomic_write_json(cfg.out, record)
         typer.echo(f"results written to {cfg.out}", err=True)
     _exit_for(record)
+
+
+@app.command("experts")
+def experts_cmd(
+    target: TargetsOpt = None,
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    corpus: CorpusOpt = None,
+    corpus_preset: CorpusPresetOpt = None,
+    corpus_size: CorpusSizeOpt = None,
+    top: Annotated[int, typer.Option(min=1, help="Experts shown per layer.")] = 3,
+    max_length: MaxLenOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the table as JSON here.")] = None,
+) -> None:
+    """Attribute a target to the experts of a mixture-of-experts model (UOE/SEUF expert attribution)."""
+    from rwku.experiments.experts import expert_table, format_expert_table
+    from rwku.experiments.unlearn import UnlearnConfig
+    from rwku.io import atomic_write_json
+
+    try:
+        options = dict(
+            targets=target,
+            model=model,
+            data=data,
+            corpus=corpus,
+            corpus_preset=corpus_preset,
+            corpus_size=corpus_size,
+            max_length=max_length,
+            seed=seed,
+            device=device,
+            threads=threads,
+            progress=False,
+        )
+        cfg = UnlearnConfig.from_dict({k: v for k, v in options.items() if v is not None}, source="options")
+        result = expert_table(cfg, top=top, log=lambda m: typer.echo(m, err=True))
+    except RwkuError as err:
+        _fail(err)
+    typer.echo(format_expert_table(result))
+    if out is not None:
+        atomic_write_json(out, result)
+        typer.echo(f"table written to {out}", err=True)
+
+
+@app.command("moe-testbed")
+def moe_testbed(
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Dense Llama-architecture model (default: the default)."),
+    ] = None,
+    experts: Annotated[int, typer.Option(min=2, help="Routed experts per layer.")] = 4,
+    top_k: Annotated[int, typer.Option(min=1, help="Experts per token.")] = 2,
+    seed: Annotated[int, typer.Option(help="Seed of the router initialisation.")] = 0,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a cached build exists.")] = False,
+    threads: ThreadsOpt = None,
+) -> None:
+    """Build the local MoE testbed (alias smollm2-135m-moe): the dense model sparsely upcycled into Mixtral."""
+    from rwku.models.testbed import MOE_ALIAS, build_testbed
+
+    _set_threads(threads)
+    try:
+        path, manifest = build_testbed(
+            model,
+            num_experts=experts,
+            top_k=top_k,
+            seed=seed,
+            force=force,
+            log=lambda m: typer.echo(m, err=True),
+        )
+    except RwkuError as err:
+        _fail(err)
+    typer.echo(
+        f"{MOE_ALIAS}: {manifest['architecture']}, {manifest['num_experts']} experts, top-{manifest['top_k']}, "
+        f"{manifest['num_parameters']:,} parameters (dense: {manifest['dense_parameters']:,})"
+    )
+    typer.echo(f"path: {path}")
 
 
 @app.command()

@@ -77,15 +77,16 @@ HYPER_KEYS = (
     "grad_accum",
     "max_length",
     "layers",
+    "experts",
     "corpus",
     "corpus_size",
     "corpus_tokens",
 )
 #: Hyperparameters that only make sense when a method trains.
-TRAINING_ONLY = ("lr", "epochs", "batch_size", "grad_accum", "max_length", "layers")
+TRAINING_ONLY = ("lr", "epochs", "batch_size", "grad_accum", "max_length", "layers", "experts")
 METHOD_ENTRY_KEYS = ("name", "modes", "grid", "options", *HYPER_KEYS)
 SETTINGS = ("single", "batch")
-MODES = ("full", "lora", "partial")
+MODES = ("full", "lora", "partial", "expert")
 ID_HASH_LEN = 10
 
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
@@ -343,6 +344,8 @@ def expand_grid(
                     options = {**entry.options, **{k: v for k, v in values.items() if k not in HYPER_KEYS}}
                     if mode != "partial":
                         params.pop("layers", None)
+                    if mode != "expert":
+                        params.pop("experts", None)
                     for seed in seeds:
                         cell = Cell(
                             setting=setting,
@@ -444,6 +447,8 @@ def _method_entries(value: Any, where: str, default_modes: list[str]) -> list[_M
             modes = list(_modes(item["modes"], f"{here}: modes")) if "modes" in item else list(default_modes)
             if "layers" in (*fixed, *grid) and "partial" not in modes:
                 raise ConfigError(f"{here}: layers only applies to mode partial")
+            if "experts" in (*fixed, *grid) and "expert" not in modes:
+                raise ConfigError(f"{here}: experts only applies to mode expert")
         entries.append(_MethodEntry(method.name, trains, modes, fixed, dict(options), dict(grid)))
     return entries
 
@@ -547,7 +552,7 @@ def _modes(value: Any, where: str) -> list[str]:
     modes = _str_list(value, where)
     for m in modes:
         if m not in MODES:
-            raise ConfigError(f"{where}: mode must be full, lora or partial, got {m!r}")
+            raise ConfigError(f"{where}: mode must be full, lora, partial or expert, got {m!r}")
     return list(dict.fromkeys(modes))
 
 

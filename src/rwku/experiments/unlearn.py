@@ -99,6 +99,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "retain": (str,),
     "retain_size": (int,),
     "layers": (str,),
+    "experts": (str, int),
     "lr": (int, float),
     "epochs": (int, float),
     "batch_size": (int,),
@@ -182,6 +183,8 @@ class UnlearnConfig:
     retain: str = "generic"
     retain_size: int | None = None
     layers: str = "0-4"  # partial mode: half-open range of decoder layers
+    #: expert mode (MoE models): N best-attributed experts, "L.E,L.E" or "random" (docs/moe.md)
+    experts: str | int = "1"
     lr: float | None = None
     epochs: float | None = None
     batch_size: int | None = None
@@ -254,7 +257,7 @@ class UnlearnConfig:
                 f"{source}: method {method.name!r} guards one target at a time; give one target"
             )
         for name, choices in (
-            ("mode", ("full", "lora", "partial")),
+            ("mode", ("full", "lora", "partial", "expert")),
             ("setting", (*SETTINGS, None)),
             ("corpus_preset", CORPUS_PRESETS),
             ("retain", RETAIN_SOURCES),
@@ -272,6 +275,12 @@ class UnlearnConfig:
             raise ConfigError(f"{source}: no target given")
         if self.mode == "partial":
             parse_layers(self.layers)
+        if self.mode == "expert":
+            from rwku.methods.modes import parse_experts
+
+            parse_experts(self.experts)
+        elif self.method_options.get("anchor"):
+            raise ConfigError(f"{source}: option anchor (the router anchor) only applies to mode expert")
         from rwku.evaluation.runner import expand_suites
 
         expand_suites(self.suites)
@@ -393,7 +402,16 @@ def check_against_model(
     config = getattr(config, "text_config", None) or config
     num_layers = getattr(config, "num_hidden_layers", None)
     check_layers(cfg, num_layers, source)
-    if get_method(cfg.method, **cfg.method_options).kind != "training" or cfg.mode == "lora" or not n_params:
+    training = get_method(cfg.method, **cfg.method_options).kind == "training"
+    if training and cfg.mode == "expert":
+        from rwku.methods.modes import check_experts
+
+        try:
+            check_experts(model, cfg.experts)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+        return  # one expert and a router: a sliver of the model's memory
+    if not training or cfg.mode == "lora" or not n_params:
         return
     trained = n_params
     if cfg.mode == "partial" and num_layers:
@@ -663,6 +681,7 @@ def _run_once(
     from rwku.methods.distributed import accelerator_from_env, is_main_process
     from rwku.methods.trainer import TrainingError, mix_targets, train
     from rwku.models.hf import HFLanguageModel
+    from rwku.models.moe import is_moe
     from rwku.models.resolve import load_model
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
@@ -815,7 +834,12 @@ def _run_once(
             f"batch {hp.batch_size}) on {len(records)} records ..."
         )
         t1 = time.perf_counter()
-        mode = cfg.mode if cfg.mode != "partial" else f"partial:{cfg.layers}"
+        mode = {"partial": f"partial:{cfg.layers}", "expert": f"expert:{cfg.experts}"}.get(cfg.mode, cfg.mode)
+        probes = None
+        if retain is None and is_moe(lm.model):
+            n = min(16, cfg.retain_size or len(records))
+            log(f"building {n} {cfg.retain} passages for the routing diagnostics ...")
+            probes = build_retain(cfg, data, lm, targets, target_data, fingerprint, n)
         wanted = sorted({float(e) for e in record_epochs or ()})
 
         def on_epoch(done: float, model) -> None:
@@ -836,6 +860,7 @@ def _run_once(
                 hp=hp,
                 mode=mode,
                 retain_records=retain,
+                probe_records=probes,
                 seed=cfg.seed,
                 progress=cfg.progress,
                 run_dir=run_dir if is_main_process(accelerator) else None,

@@ -47,6 +47,11 @@ from typing import Any, ClassVar
 
 import torch
 
+#: Options every training method takes besides its own (stored in ``options`` only when given):
+#: ``anchor`` — the weight α of the UOE/SEUF router anchor, added to the loss in mode
+#: ``expert`` (:func:`rwku.models.moe.anchor_loss`; docs/moe.md).
+SHARED_TRAINING_OPTIONS: dict[str, Any] = {"anchor": 0.0}
+
 #: Corpus kinds a training method can ask for (see ``rwku.data.corpus``).
 CORPUS_KINDS = ("passages", "wiki_passages", "pairs", "refusals")
 
@@ -88,16 +93,31 @@ class UnlearningMethod:
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.defaults))
+        shared = set(SHARED_TRAINING_OPTIONS) if self.kind == "training" else set()
+        unknown = sorted(set(options) - set(self.defaults) - shared)
         if unknown:
             from rwku.errors import ConfigError
 
-            known = ", ".join(sorted(self.defaults)) or "none"
+            known = ", ".join(sorted(set(self.defaults) | shared)) or "none"
             raise ConfigError(f"method {self.name!r} has no option {', '.join(unknown)}; options: {known}")
         self.options: dict[str, Any] = {**self.defaults, **options}
+        anchor = self.options.get("anchor", 0.0)
+        if "anchor" in options and (
+            isinstance(anchor, bool) or not isinstance(anchor, (int, float)) or anchor < 0
+        ):
+            from rwku.errors import ConfigError
+
+            raise ConfigError(
+                f"option anchor must be a number >= 0 (the router anchor's weight), got {anchor!r}"
+            )
 
     def option(self, key: str) -> Any:
         return self.options[key]
+
+    @property
+    def anchor(self) -> float:
+        """The router anchor's weight α (mode ``expert`` only; 0 = no anchor)."""
+        return float(self.options.get("anchor", 0.0))
 
     # ---- training methods
     def precompute(self, model, batch: Batch, retain_batch: Batch | None = None) -> dict[str, Any]:

@@ -11,6 +11,15 @@ this module to set the model up for one of them:
 * ``partial`` — only the parameters of decoder layers ``[a, b)`` train (the paper's layer
   study, "e.g. 0–4"); embeddings, the final norm and the LM head stay frozen. SmolLM2 (and the
   tiny test model) tie the LM head to the input embeddings, so freezing one freezes both.
+* ``expert`` — mixture-of-experts models only (UOE/SEUF, docs/moe.md): only the selected
+  routed experts and their layers' routers train. ``expert`` / ``expert:N`` takes the N
+  (layer, expert) pairs of highest attribution on the forget corpus
+  (:func:`rwku.models.moe.attribute`), ``expert:L.E,L.E`` names them, ``expert:random`` draws
+  one (seeded). transformers stores a layer's experts fused in 3-D tensors ``[E, ...]``, so
+  the whole tensor has ``requires_grad``; a gradient hook zeroes the other experts' slices
+  and, after every optimiser step, :attr:`PreparedModel.after_step` puts those slices back
+  bit for bit (AdamW's decoupled weight decay would otherwise shrink them with a zero
+  gradient).
 
 Layer ranges are **half-open**: ``"0-4"`` (also ``"0:4"`` or ``(0, 4)``) means layers 0, 1, 2
 and 3, like a Python slice, so that adjacent ranges (``"0-4"``, ``"4-8"``) never overlap. A
@@ -43,19 +52,22 @@ __all__ = [
     "PreparedModel",
     "TrainingMode",
     "changed_parameters",
+    "check_experts",
     "count_parameters",
     "count_trainable",
     "is_peft_model",
     "load_trained",
     "merge_lora",
+    "parse_experts",
     "parse_layer_range",
     "parse_mode",
     "prepare_model",
     "save_trained",
+    "select_experts",
     "snapshot",
 ]
 
-MODES = ("full", "lora", "partial")
+MODES = ("full", "lora", "partial", "expert")
 DEFAULT_LORA_TARGETS: tuple[str, ...] = ("q_proj", "v_proj")
 """The paper's LoRA targets (attention query and value projections)."""
 
@@ -73,12 +85,18 @@ class TrainingMode:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
+    #: for ``expert``: "N" (top-N by attribution), "L.E,L.E" (named) or "random"
+    experts: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in MODES:
             raise ConfigError(f"unknown training mode {self.kind!r}; choose one of {', '.join(MODES)}")
         if self.kind != "partial" and self.layers is not None:
             raise ConfigError(f"a layer range only applies to mode 'partial', not {self.kind!r}")
+        if self.kind != "expert" and self.experts is not None:
+            raise ConfigError(f"an expert selection only applies to mode 'expert', not {self.kind!r}")
+        if self.kind == "expert":
+            parse_experts(self.experts or "1")
 
 
 @dataclass
@@ -94,6 +112,14 @@ class PreparedModel:
     layers: tuple[int, int] | None = None
     #: names of the parameters that train (full names on ``model``)
     trainable_names: list[str] = field(default_factory=list, repr=False)
+    #: ``expert`` mode: the trained (layer, expert) pairs, best-attributed first
+    experts: list[tuple[int, int]] = field(default_factory=list)
+    #: ``expert`` mode: the attribution the selection came from (None when named or random)
+    attribution: Any = field(default=None, repr=False)
+    #: called after every optimiser step (``expert``: restores the frozen experts' slices)
+    after_step: Any = field(default=None, repr=False)
+    #: undoes what preparing installed (``expert``: removes the gradient hooks)
+    release: Any = field(default=None, repr=False)
 
 
 def parse_mode(mode: str | TrainingMode) -> TrainingMode:
@@ -107,9 +133,144 @@ def parse_mode(mode: str | TrainingMode) -> TrainingMode:
     kind, _, rest = text.partition(":")
     if kind == "partial":
         return TrainingMode(kind="partial", layers=rest or None)
+    if kind == "expert":
+        return TrainingMode(kind="expert", experts=rest or None)
     if rest:
         raise ConfigError(f"training mode {mode!r}: only 'partial' takes a layer range (partial:0-4)")
     return TrainingMode(kind=kind)
+
+
+_PAIR_RE = re.compile(r"^\s*(\d+)\s*\.\s*(\d+)\s*$")
+
+
+def parse_experts(spec: str | int) -> int | str | list[tuple[int, int]]:
+    """``"2"`` → 2 (top-N), ``"random"``, or ``"3.5,4.1"`` → [(3, 5), (4, 1)] (layer.expert)."""
+    text = str(spec).strip().lower()
+    if text == "random":
+        return "random"
+    if text.isdigit():
+        if int(text) < 1:
+            raise ConfigError("--experts must name at least one expert (N >= 1)")
+        return int(text)
+    pairs = []
+    for part in text.split(","):
+        m = _PAIR_RE.match(part)
+        if m is None:
+            raise ConfigError(
+                f"bad expert selection {spec!r}: write N (the N best-attributed experts), random, "
+                "or layer.expert pairs such as 3.5,4.1"
+            )
+        pairs.append((int(m.group(1)), int(m.group(2))))
+    if len(set(pairs)) != len(pairs):
+        raise ConfigError(f"expert selection {spec!r} names an expert twice")
+    return pairs
+
+
+def check_experts(model: torch.nn.Module, spec: str | int | None) -> tuple[Any, list[Any]]:
+    """The parsed selection and the model's sparse layers, or a :class:`ConfigError`: a dense
+    model or an unrecognised router, a layer without routed experts, an expert index out of
+    range, more experts asked for than the model has. Loads nothing, trains nothing."""
+    from rwku.models.moe import require_moe
+
+    layers = require_moe(model, "mode 'expert'")
+    by_index = {ly.index: ly for ly in layers}
+    choice = parse_experts(spec if spec is not None else "1")
+    if isinstance(choice, list):
+        for layer, expert in choice:
+            if layer not in by_index:
+                raise ConfigError(
+                    f"expert {layer}.{expert}: layer {layer} has no routed experts; sparse layers: "
+                    f"{_ranges(sorted(by_index))}"
+                )
+            n = by_index[layer].num_experts
+            if not 0 <= expert < n:
+                raise ConfigError(f"expert {layer}.{expert}: layer {layer} has experts 0..{n - 1}")
+    elif isinstance(choice, int):
+        total = sum(ly.num_experts for ly in layers)
+        if choice > total:
+            raise ConfigError(f"--experts {choice}: the model has only {total} routed experts")
+    return choice, layers
+
+
+def select_experts(
+    model: torch.nn.Module, spec: str | int | None, batches: Sequence[Any] | None, seed: int = 0
+) -> tuple[list[tuple[int, int]], Any]:
+    """The (layer, expert) pairs expert mode trains, and the attribution behind them.
+
+    Checks named pairs against the model (layer without routed experts, expert index out of
+    range: :class:`ConfigError`). ``random`` draws one pair uniformly with ``seed`` (the
+    paper's random-expert control); top-N needs ``batches`` of the forget corpus.
+    """
+    from rwku.models.moe import attribute
+
+    choice, layers = check_experts(model, spec)
+    if choice == "random":
+        gen = torch.Generator().manual_seed(seed)
+        pool = [(ly.index, e) for ly in layers for e in range(ly.num_experts)]
+        return [pool[int(torch.randint(len(pool), (1,), generator=gen))]], None
+    if isinstance(choice, list):
+        return choice, None
+    assert isinstance(choice, int)
+    if not batches:
+        raise ConfigError("mode 'expert' needs the forget corpus to attribute experts")
+    att = attribute(model, batches, layers)
+    return [(layer, e) for layer, e, _ in att.ranked()[:choice]], att
+
+
+def _ranges(values: Sequence[int]) -> str:
+    return ", ".join(str(v) for v in values) if len(values) < 8 else f"{values[0]}..{values[-1]}"
+
+
+def _prepare_experts(
+    model: torch.nn.Module, chosen: Sequence[tuple[int, int]]
+) -> tuple[list[str], int, Any, Any]:
+    """Freeze everything but the chosen experts and their routers (module doc, ``expert``).
+
+    Returns the trained parameter names, the number of trained values (slices of fused
+    tensors counted as slices), the after-step restore function and the hook remover.
+    """
+    from rwku.models.moe import moe_layers
+
+    by_index = {ly.index: ly for ly in moe_layers(model)}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    slices: dict[int, tuple[torch.nn.Parameter, list[int]]] = {}  # id → (fused param, experts)
+    whole: dict[int, torch.nn.Parameter] = {}
+    for layer, expert in chosen:
+        ly = by_index[layer]
+        whole[id(ly.router.weight)] = ly.router.weight
+        for _name, p, index in ly.expert_parameters(expert):
+            if index is None:
+                whole[id(p)] = p
+            else:
+                slices.setdefault(id(p), (p, []))[1].append(index)
+    handles = []
+    saved: list[tuple[torch.nn.Parameter, torch.Tensor, list[int]]] = []
+    count = sum(p.numel() for p in whole.values())
+    for p in whole.values():
+        p.requires_grad_(True)
+    for p, experts in slices.values():
+        p.requires_grad_(True)
+        keep = torch.zeros(p.shape[0], *([1] * (p.ndim - 1)), dtype=p.dtype, device=p.device)
+        keep[experts] = 1
+        handles.append(p.register_hook(lambda g, keep=keep: g * keep))
+        saved.append((p, p.detach().clone(), experts))
+        count += p[0].numel() * len(experts)
+
+    @torch.no_grad()
+    def restore() -> None:
+        for p, original, experts in saved:
+            trained = p[experts].clone()
+            p.copy_(original)
+            p[experts] = trained
+
+    def release() -> None:
+        for h in handles:
+            h.remove()
+        handles.clear()
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    return names, count, restore, release
 
 
 def parse_layer_range(spec: str | Sequence[int], num_layers: int) -> tuple[int, int]:
@@ -199,13 +360,21 @@ def _layer_param_names(model: torch.nn.Module, lo: int, hi: int) -> set[str]:
 
 
 def prepare_model(
-    model: torch.nn.Module, mode: str | TrainingMode = "full", *, layers: str | Sequence[int] | None = None
+    model: torch.nn.Module,
+    mode: str | TrainingMode = "full",
+    *,
+    layers: str | Sequence[int] | None = None,
+    expert_batches: Sequence[Any] | None = None,
+    seed: int = 0,
 ) -> PreparedModel:
     """Set ``requires_grad`` for ``mode`` (wrapping the model in LoRA adapters for ``lora``).
 
     Works in place: for ``lora`` the returned model is a ``PeftModel`` around the very same
     base module (PEFT injects its layers into it; nothing is copied), so no second copy of the
-    weights is ever made. ``layers`` overrides a ``partial`` mode's range.
+    weights is ever made. ``layers`` overrides a ``partial`` mode's range. ``expert`` mode
+    attributes experts on ``expert_batches`` (the forget corpus) and draws a random one with
+    ``seed``; the returned :class:`PreparedModel` then carries ``after_step`` and ``release``,
+    which the caller must call (the trainer does).
     """
     tm = parse_mode(mode)
     if layers is not None:
@@ -229,6 +398,18 @@ def prepare_model(
         trained = model
         shown = f"layer {rng[0]}" if rng[1] - rng[0] == 1 else f"layers {rng[0]}..{rng[1] - 1}"
         desc = f"partial: only decoder {shown} train ([{rng[0]}, {rng[1]})); embeddings, norm and head frozen"
+    elif tm.kind == "expert":
+        if is_peft_model(model):
+            raise ConfigError("mode 'expert' trains a plain MoE model, not one carrying LoRA adapters")
+        chosen, attribution = select_experts(model, tm.experts, expert_batches, seed)
+        names, count, restore, release = _prepare_experts(model, chosen)
+        shown = ", ".join(f"{layer}.{e}" for layer, e in chosen)
+        desc = f"expert: only routed expert(s) {shown} (layer.expert) and their routers train"
+        total = count_parameters(model)
+        desc += f" ({count:,} of {total:,} parameters trainable)"
+        return PreparedModel(
+            model, tm, desc, count, total, None, names, chosen, attribution, restore, release
+        )
     else:  # lora
         if is_peft_model(model):
             raise ConfigError("the model already carries LoRA adapters; load the base model for a new run")

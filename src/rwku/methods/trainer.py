@@ -150,6 +150,10 @@ class TrainReport:
     peak_cuda_mb: float | None = None
     trainable_params: int = 0
     total_params: int = 0
+    #: mode ``expert``: the trained experts, their attribution and the router anchor's weight
+    experts: dict[str, Any] | None = None
+    #: mixture-of-experts models: expert selection before/after on forget and retain text
+    routing: dict[str, Any] | None = None
     warmup_steps: int = 0
     lr: float = 0.0
     reason: str | None = None
@@ -404,6 +408,77 @@ def _resolve_mode(mode: str | TrainingMode, method: UnlearningMethod, model: tor
     return tm
 
 
+def _anchor_for(prepared: Any, method: UnlearningMethod) -> Callable[[Any, Batch], torch.Tensor] | None:
+    """``α × L_anchor`` on a forget batch, at the best-attributed trained expert (or None).
+
+    The router anchor (UOE/SEUF Eq. 3) pulls the layer's routing of the forget text toward
+    the one trained expert; with several trained experts it anchors the first (top-ranked).
+    Its value is computed by a forward pass of the batch that stops at that layer's router.
+    """
+    alpha = method.anchor
+    if not alpha or not prepared.experts:
+        return None
+    from rwku.models.moe import moe_layers, router_anchor
+
+    layer_index, expert = prepared.experts[0]
+    layer = next(ly for ly in moe_layers(prepared.model) if ly.index == layer_index)
+    return lambda model, batch: alpha * router_anchor(model, layer, expert, batch)
+
+
+def _experts_record(prepared: Any, method: UnlearningMethod) -> dict[str, Any] | None:
+    """The report's ``experts`` entry for mode ``expert`` (None otherwise)."""
+    if prepared.mode.kind != "expert":
+        return None
+    out: dict[str, Any] = {
+        "selection": prepared.mode.experts or "1",
+        "trained": [f"{layer}.{e}" for layer, e in prepared.experts],
+        "anchor": method.anchor,
+    }
+    att = prepared.attribution
+    if att is not None:
+        out["attribution"] = [
+            {"expert": f"{layer}.{e}", "affinity": round(s, 6), "ratio": round(att.ratio(layer, e), 4)}
+            for layer, e, s in att.ranked()[:10]
+        ]
+        out["attribution_tokens"] = att.tokens
+    return out
+
+
+class MoEWatch:
+    """Routing diagnostics of a mixture-of-experts run: the expert selection on the forget
+    batches and on retain/probe batches before training, again after, and the shift."""
+
+    def __init__(self, model: Any, forget: list[Batch], probes: list[Batch], device: torch.device) -> None:
+        from rwku.models.moe import moe_layers, routing
+
+        self.layers = moe_layers(model)
+        self.sets = {"forget": [_to(b, device) for b in forget], "retain": [_to(b, device) for b in probes]}
+        self.sets = {k: v for k, v in self.sets.items() if v}
+        self.before = {k: routing(model, v, self.layers) for k, v in self.sets.items()}
+
+    @classmethod
+    def start(
+        cls, model: Any, forget: list[Batch], probes: list[Batch], device: torch.device
+    ) -> MoEWatch | None:
+        from rwku.models.moe import is_moe
+
+        return cls(model, forget, probes, device) if is_moe(model) else None
+
+    def finish(self, model: Any) -> dict[str, Any]:
+        from rwku.models.moe import moe_layers, routing, selection_shift, selection_stats
+
+        layers = moe_layers(model)  # the same modules (expert mode never wraps the model)
+        out: dict[str, Any] = {}
+        for name, batches in self.sets.items():
+            after = routing(model, batches, layers)
+            out[name] = {
+                "before": selection_stats(self.before[name]),
+                "after": selection_stats(after),
+                "shift": selection_shift(self.before[name], after),
+            }
+        return out
+
+
 def _vocab_size(model: Any, tokenizer: Any) -> int:
     size = getattr(getattr(model, "config", None), "vocab_size", None)
     return int(size) if size else len(tokenizer)
@@ -418,6 +493,7 @@ def train(
     hp: Hyperparameters,
     mode: str | TrainingMode = "full",
     retain_records: Sequence[Mapping[str, Any]] | None = None,
+    probe_records: Sequence[Mapping[str, Any]] | None = None,
     seed: int = 0,
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
@@ -437,7 +513,9 @@ def train(
     ``report.model``). ``mode`` is ``"full"``, ``"lora"``, ``"partial:a-b"`` (half-open layer
     range) or a :class:`~rwku.methods.modes.TrainingMode`. ``records`` are the method's corpus
     records (several targets' records may be mixed; see :func:`mix_targets`);
-    ``retain_records`` are raw-text passages for methods that need retain data. ``on_step`` is
+    ``retain_records`` are raw-text passages for methods that need retain data;
+    ``probe_records`` (raw-text passages) are text the routing diagnostics of a
+    mixture-of-experts model also read when the method has no retain data. ``on_step`` is
     called as ``on_step(step, loss)`` after every optimiser step (1-based). ``on_epoch`` is
     called as ``on_epoch(epochs_done, model)`` with the model in eval mode at the end of every
     epoch (and after a fractional last one): one run then yields a whole trade-off curve across
@@ -467,6 +545,8 @@ def train(
     if precision != "fp32" and device.type != "cuda":
         raise ConfigError(f"{precision} autocast is only supported on CUDA; train in fp32 on {device.type}")
     tm = _resolve_mode(mode, method, model)
+    if method.anchor and tm.kind != "expert":
+        raise ConfigError("option anchor (the router anchor) only applies to mode 'expert'")
 
     t0 = time.perf_counter()
     if device.type == "cuda":
@@ -477,21 +557,29 @@ def train(
     bar = None
     was_training = model.training
     trained: Any = model
+    prepared = None
     try:
-        # LoRA's A matrices are drawn at random: seed them without touching the caller's RNG.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            prepared = prepare_model(model, tm)
-        trained = report.model = prepared.model
-        report.mode_description = prepared.description
-        report.trainable_params, report.total_params = prepared.trainable_params, prepared.total_params
-        log.info("%s: %s", method.name, prepared.description)
-
         batches = make_batches(method.corpus, records, tokenizer, hp.batch_size, hp.max_length)
         retains: list[Batch | None] = [None]
         if method.needs_retain:
             assert retain_records is not None
             retains = list(make_batches("passages", retain_records, tokenizer, hp.batch_size, hp.max_length))
+        probes = [r for r in retains if r is not None]
+        if not probes and probe_records:
+            probes = make_batches("passages", probe_records, tokenizer, hp.batch_size, hp.max_length)
+        moe = MoEWatch.start(model, batches, probes, device)
+
+        # LoRA's A matrices are drawn at random: seed them without touching the caller's RNG.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            on_device = [_to(b, device) for b in batches] if tm.kind == "expert" else None
+            prepared = prepare_model(model, tm, expert_batches=on_device, seed=seed)
+        trained = report.model = prepared.model
+        report.mode_description = prepared.description
+        report.trainable_params, report.total_params = prepared.trainable_params, prepared.total_params
+        anchor = _anchor_for(prepared, method)
+        report.experts = _experts_record(prepared, method)
+        log.info("%s: %s", method.name, prepared.description)
 
         def retain_for(i: int) -> Batch | None:
             return retains[i % len(retains)]
@@ -584,6 +672,8 @@ def train(
                     ctx = {**ctx, "retain_batch": _to(retain, device)}
                 with _autocast(device, precision):
                     loss = method.loss(trained, _to(batches[i], device), ctx)
+                    if anchor is not None:
+                        loss = loss + anchor(trained, _to(batches[i], device))
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise _Stop("diverged", f"loss is {value} at step {step} (batch {i})")
@@ -607,6 +697,8 @@ def train(
                 raise _Stop("diverged", f"gradient norm is {norm} at step {step}")
             else:
                 optimizer.step()
+            if prepared.after_step is not None:
+                prepared.after_step()
             scheduler.step()
             report.steps = step
             report.epochs = micro_done / n_batches
@@ -636,6 +728,7 @@ def train(
             bar.close()
             bar = None
         trained.eval()
+        report.routing = moe.finish(trained) if moe is not None else None
         state = None
         if accelerator is not None:  # gathering sharded weights is collective: every process
             trained, state = distributed.gather_for_save(accelerator, trained)
@@ -647,7 +740,7 @@ def train(
         report.status, report.reason = stop.status, stop.reason
         if accelerator is not None:  # a collapsed run is still evaluated: hand back the module
             report.model = distributed.unwrap(accelerator, trained)
-        _close(report, bar, trained, was_training, t0, device)
+        _close(report, bar, trained, was_training, t0, device, prepared)
         record.finish(report)
         if stop.status == "diverged":
             raise TrainingError(f"{method.name} training diverged: {stop.reason}", report) from None
@@ -655,23 +748,32 @@ def train(
         return report
     except KeyboardInterrupt:
         report.status, report.reason = "interrupted", f"interrupted after {report.steps} steps"
-        _close(report, bar, trained, was_training, t0, device)
+        _close(report, bar, trained, was_training, t0, device, prepared)
         record.finish(report)
         raise
     except BaseException as exc:
         report.status, report.reason = "failed", f"{type(exc).__name__}: {exc}"
-        _close(report, bar, trained, was_training, t0, device)
+        _close(report, bar, trained, was_training, t0, device, prepared)
         record.finish(report)
         raise
-    _close(report, bar, trained, was_training, t0, device)
+    _close(report, bar, trained, was_training, t0, device, prepared)
     record.finish(report)
     return report
 
 
 def _close(
-    report: TrainReport, bar: Any, model: Any, was_training: bool, t0: float, device: torch.device
+    report: TrainReport,
+    bar: Any,
+    model: Any,
+    was_training: bool,
+    t0: float,
+    device: torch.device,
+    prepared: Any = None,
 ) -> None:
-    """Fill the report's time and memory, close the bar and put the model back in its mode."""
+    """Fill the report's time and memory, close the bar, put the model back in its mode and
+    remove what preparing the mode installed (expert mode's gradient hooks)."""
+    if prepared is not None and prepared.release is not None:
+        prepared.release()
     if bar is not None:
         bar.close()
     model.train(was_training)

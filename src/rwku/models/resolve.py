@@ -189,6 +189,10 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> ModelSpec:
         raise ModelError("empty model name; give a checkpoint directory, a .gguf file or a hub id owner/name")
     if text == DEFAULT_MODEL:
         return _resolve_alias(text)
+    from rwku.models.testbed import MOE_ALIAS, resolve_testbed
+
+    if text == MOE_ALIAS:
+        return _resolve_path(resolve_testbed(), name=text)
     path = Path(text).expanduser()
     if path.exists():
         return _resolve_path(path, name=text)
@@ -198,7 +202,7 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> ModelSpec:
         return ModelSpec(name=text, kind="hub", path=repo, revision=revision)
     raise ModelError(
         f"model {text!r} not found: no such file or directory, and not a Hugging Face hub id "
-        f"(owner/name[@revision]); known alias: {DEFAULT_MODEL}"
+        f"(owner/name[@revision]); known aliases: {DEFAULT_MODEL}, {MOE_ALIAS}"
     )
 
 
@@ -746,6 +750,10 @@ def load_model(
             raise ModelError(f"cannot load model {spec.name!r}: unknown kind {spec.kind!r}")
         model.to(dev)
         model.eval()
+        if str(dev).startswith("cpu"):
+            from rwku.models.moe import use_eager_experts
+
+            use_eager_experts(model)  # transformers' grouped_mm experts are a slow fallback on CPU
         _prepare_tokenizer(tokenizer, model)
     except ModelError:
         raise

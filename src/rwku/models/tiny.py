@@ -18,7 +18,13 @@ from pathlib import Path
 
 from rwku.models.resolve import _quiet_progress
 
-__all__ = ["DEFAULT_TINY_SYSTEM_MESSAGE", "TINY_CORPUS", "make_tiny_gguf", "make_tiny_model"]
+__all__ = [
+    "DEFAULT_TINY_SYSTEM_MESSAGE",
+    "TINY_ARCHITECTURES",
+    "TINY_CORPUS",
+    "make_tiny_gguf",
+    "make_tiny_model",
+]
 
 DEFAULT_TINY_SYSTEM_MESSAGE = "You are a helpful AI assistant."
 """Default system message the tiny chat template inserts, mirroring SmolLM2's template."""
@@ -132,6 +138,9 @@ def make_tiny_model(
     intermediate_size: int = 64,
     max_position_embeddings: int = 2048,
     system_message: str | None = DEFAULT_TINY_SYSTEM_MESSAGE,
+    arch: str = "llama",
+    num_experts: int = 4,
+    top_k: int = 2,
 ) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` chat checkpoint to ``out_dir`` and return it.
 
@@ -143,9 +152,14 @@ def make_tiny_model(
     fingerprints across runs. ``system_message`` is the default system prompt the chat
     template inserts when the conversation has none (``None`` for no default). Runs in well
     under a second on a laptop CPU.
+
+    ``arch`` picks the architecture: ``llama`` (dense, the default) or one of the sparse
+    mixture-of-experts families of :data:`TINY_ARCHITECTURES` (Mixtral, Qwen2-MoE with its
+    shared expert, Qwen3-MoE, OLMoE, DeepSeek-V3 with a shared expert and sigmoid routing),
+    with ``num_experts`` routed experts per layer of which ``top_k`` serve each token.
     """
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (bytes + special tokens)")
@@ -169,8 +183,54 @@ def make_tiny_model(
     if ids != [0, 1, 2]:  # the trainer puts special tokens first; guard the SmolLM2-like layout
         raise RuntimeError(f"unexpected special token ids {ids}")
 
-    config = LlamaConfig(
+    config = _tiny_config(
+        arch,
         vocab_size=backend.get_vocab_size(),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        max_position_embeddings=max_position_embeddings,
+        num_experts=num_experts,
+        top_k=top_k,
+    )
+    # Seed a private generator state so the caller's global RNG stream is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    model.eval()
+    with _quiet_progress():  # a progress bar for writing 140 kB is noise in test logs
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+    return out
+
+
+TINY_ARCHITECTURES = ("llama", "mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3")
+"""What ``make_tiny_model(arch=...)`` builds: the dense default and five MoE families."""
+
+
+def _tiny_config(
+    arch: str,
+    *,
+    vocab_size: int,
+    hidden_size: int,
+    intermediate_size: int,
+    num_layers: int,
+    num_heads: int,
+    num_kv_heads: int,
+    max_position_embeddings: int,
+    num_experts: int,
+    top_k: int,
+):
+    """The transformers config of a tiny model of family ``arch`` (see :func:`make_tiny_model`)."""
+    from transformers import AutoConfig
+
+    if arch not in TINY_ARCHITECTURES:
+        raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(TINY_ARCHITECTURES)}")
+    common = dict(
+        vocab_size=vocab_size,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,
@@ -185,16 +245,50 @@ def make_tiny_model(
         pad_token_id=2,
         unk_token_id=0,
     )
-    # Seed a private generator state so the caller's global RNG stream is left untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    model.eval()
-    with _quiet_progress():  # a progress bar for writing 140 kB is noise in test logs
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-    return out
+    moe_size = max(8, intermediate_size // 2)
+    extra: dict = {
+        "llama": {},
+        "mixtral": {"num_local_experts": num_experts, "num_experts_per_tok": top_k},
+        "qwen2_moe": {
+            "num_experts": num_experts,
+            "num_experts_per_tok": top_k,
+            "moe_intermediate_size": moe_size,
+            "shared_expert_intermediate_size": intermediate_size,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "norm_topk_prob": False,
+        },
+        "qwen3_moe": {
+            "num_experts": num_experts,
+            "num_experts_per_tok": top_k,
+            "moe_intermediate_size": moe_size,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "norm_topk_prob": True,
+        },
+        "olmoe": {"num_experts": num_experts, "num_experts_per_tok": top_k, "norm_topk_prob": False},
+        "deepseek_v3": {
+            "n_routed_experts": num_experts,
+            "num_experts_per_tok": top_k,
+            "moe_intermediate_size": moe_size,
+            "n_shared_experts": 1,
+            "first_k_dense_replace": 0,
+            "n_group": 1,
+            "topk_group": 1,
+            "norm_topk_prob": True,
+            "routed_scaling_factor": 1.0,
+            "q_lora_rank": None,
+            "kv_lora_rank": 16,
+            "qk_rope_head_dim": 4,
+            "qk_nope_head_dim": 4,
+            "v_head_dim": 8,
+            "rope_interleave": False,
+        },
+    }[arch]
+    if arch == "deepseek_v3":  # multi-head latent attention: no GQA, head sizes of its own
+        common.pop("head_dim")
+        common["num_key_value_heads"] = num_heads
+    return AutoConfig.for_model(arch, **common, **extra)
 
 
 def _permute_for_gguf(weight, n_head: int):

@@ -42,7 +42,7 @@ METHOD_ORDER = (
     "simnpo",
     "rmu",
 )
-MODE_ORDER = (None, "full", "lora", "partial")
+MODE_ORDER = (None, "full", "lora", "partial", "expert")
 #: Column groups of the paper's header row, for the LaTeX table.
 COLUMN_GROUPS = (
     ("Forget Set", ("F-FB", "F-QA", "F-AA", "F-All")),
