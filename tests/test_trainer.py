@@ -423,3 +423,51 @@ def test_mix_targets_interleaves_round_robin():
     corpora = {"king": ["k1", "k2", "k3"], "curie": ["c1"], "bach": ["b1", "b2"]}
     assert mix_targets(corpora) == ["k1", "c1", "b1", "k2", "b2", "k3"]
     assert mix_targets({}) == [] and mix_targets({"a": [1, 2]}) == [1, 2]
+
+
+# ------------------------------------------------------------------------------ memory guard
+
+
+def test_a_step_that_cannot_fit_is_refused_before_it_runs(lm, tmp_path, monkeypatch):
+    import rwku.methods.memory as memory
+
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 2**20)  # 1 MiB free
+    before = snapshot(lm.model)
+    with pytest.raises(ConfigError, match=r"not enough memory to train.*only 0\.0 GiB is free on cpu"):
+        train(lm.model, lm.tokenizer, get_method("ga"), PASSAGES, hp=hp(), progress=False, run_dir=tmp_path)
+    assert not changed_parameters(before, lm.model)
+    assert read_status(tmp_path)["status"] == "failed" and no_weights_left(tmp_path)
+
+
+def test_memory_advice_names_a_batch_that_fits():
+    from types import SimpleNamespace
+
+    from rwku.methods.memory import GiB, check_training_memory, estimate_step_memory
+
+    # Qwen2.5-1.5B's shape, LoRA (about 1M trained), 8 rows x 512 tokens, 14 GiB free
+    qwen = SimpleNamespace(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        vocab_size=151936,
+        num_attention_heads=12,
+    )
+    batch = {"input_ids": torch.zeros(8, 512, dtype=torch.long)}
+    est = estimate_step_memory(qwen, 1_089_536, 8, 512, 8 * 512)
+    assert 25 * GiB < est.total < 40 * GiB  # the run the kernel killed at 24 GB
+    with pytest.raises(ConfigError, match=r"use --batch-size 2 --grad-accum 4 \(still 8 rows"):
+        check_training_memory(
+            qwen, 1_089_536, [batch], [None], device="cpu", batch_size=8, grad_accum=1, free=14 * GiB
+        )
+    one = {"input_ids": torch.zeros(2, 512, dtype=torch.long)}
+    assert check_training_memory(
+        qwen, 1_089_536, [one], [None], device="cpu", batch_size=2, grad_accum=4, free=14 * GiB
+    )
+    # unknown free memory (e.g. MPS) or an unknown model shape: nothing is refused
+    assert (
+        check_training_memory(qwen, 0, [batch], [None], device="mps", batch_size=8, grad_accum=1) is not None
+    )
+    assert (
+        check_training_memory(object(), 0, [batch], [None], device="cpu", batch_size=8, grad_accum=1, free=1)
+        is None
+    )

@@ -545,3 +545,23 @@ def test_memory_for_the_training_mode_is_checked_against_what_is_free(monkeypatc
         unlearn.check_against_model(
             UnlearnConfig(method="ga", mode="partial", layers="28-31"), model, 1, "cpu"
         )
+
+
+def test_training_that_cannot_fit_exits_2_with_the_advice(
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, monkeypatch
+):
+    import rwku.methods.memory as memory
+
+    monkeypatch.setattr(memory, "free_memory_bytes", lambda device: 2**20)  # 1 MiB free: nothing fits
+    result = runner.invoke(
+        app,
+        [
+            "unlearn",
+            *("--model", str(tiny_model_dir), "--target", "Stephen King", "--method", "ga", "--mode", "lora"),
+            *("--data", str(data_dir), "--corpus", "authors", "--corpus-size", "4", "--batch-size", "2"),
+            *("--run-dir", str(tmp_path / "r"), "-q"),
+        ],
+    )
+    assert result.exit_code == 2, result.output
+    assert "rwku: error: not enough memory to train" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r" / "weights").exists()

@@ -517,6 +517,49 @@ def demo(
         _fail(err)
 
 
+@app.command()
+def census(
+    model: ModelOpt = None,
+    targets: Annotated[
+        str, typer.Option(help="Targets: a range 1-100 (or 1..100), ids or names, comma list.")
+    ] = "1-100",
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="First K probes of each of FB and QA per target (all: 0).")
+    ] = 5,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for census.jsonl/csv/json/png; resumes.")
+    ] = Path("results/census"),
+    data: DataOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Most rows per forward pass.")] = 64,
+    threads: ThreadsOpt = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1, mps ...")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float32 (as the reference), bfloat16, float16.")] = "float32",
+    trust_remote_code: RemoteOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """What a model knows about each target before unlearning: FB/QA ROUGE and gold-answer
+    likelihood on the first K probes, one row per target (resumable)."""
+    from rwku.data import open_data
+    from rwku.experiments.census import parse_target_range, run_census
+    from rwku.models.hf import HFLanguageModel
+    from rwku.models.resolve import load_model
+
+    try:
+        names = parse_target_range(targets)
+        opened = open_data(data)
+        for t in names:
+            opened.target(t)  # unknown targets fail before the model loads
+        _set_threads(threads)
+        loaded = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        lm = HFLanguageModel(
+            loaded.model, loaded.tokenizer, loaded.info, batch_size=batch_size, progress=not quiet
+        )
+        rows = run_census(lm, opened, names, out, limit=limit or None, log=lambda m: typer.echo(m, err=True))
+    except RwkuError as err:
+        _fail(err)
+    typer.echo(f"census of {len(rows)} targets written to {out} (census.csv, census.json, census.png)")
+
+
 def run_evaluation(
     *,
     model,

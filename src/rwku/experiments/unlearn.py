@@ -370,24 +370,10 @@ def check_layers(cfg: UnlearnConfig, num_layers: int | None, source: str = "opti
 
 
 def _free_memory_bytes(device: str) -> int | None:
-    """Free memory where training state would go: the CUDA device's, or the machine's
-    MemAvailable on CPU (None where neither is known, e.g. macOS or MPS)."""
-    if device.startswith("cuda"):
-        import torch
+    """Free memory on ``device`` (:func:`rwku.methods.memory.free_memory_bytes`)."""
+    from rwku.methods.memory import free_memory_bytes
 
-        try:
-            return int(torch.cuda.mem_get_info(torch.device(device))[0])
-        except (RuntimeError, AssertionError, ValueError):
-            return None
-    if device != "cpu":
-        return None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return free_memory_bytes(device)
 
 
 def check_against_model(

