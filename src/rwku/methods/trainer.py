@@ -547,6 +547,14 @@ def train(
     tm = _resolve_mode(mode, method, model)
     if method.anchor and tm.kind != "expert":
         raise ConfigError("option anchor (the router anchor) only applies to mode 'expert'")
+    if (
+        tm.kind == "expert"
+        and accelerator is not None
+        and accelerator.distributed_type in ("DEEPSPEED", "FSDP")
+    ):
+        raise ConfigError(
+            "mode 'expert' masks slices of fused expert tensors, which DeepSpeed/FSDP shard; use DDP"
+        )
 
     t0 = time.perf_counter()
     if device.type == "cuda":
