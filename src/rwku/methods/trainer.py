@@ -134,7 +134,7 @@ class TrainReport:
 
     status: str
     method: str = ""
-    #: "full", "lora" or "partial"
+    #: "full", "lora", "partial" or "expert"
     mode: str = ""
     mode_description: str = ""
     steps: int = 0
