@@ -384,3 +384,18 @@ def test_testbed_alias_before_building_says_how_to_build_it(isolated_cache):
 
     with pytest.raises(ModelError, match="rwku moe-testbed"):
         resolve_model("smollm2-135m-moe")
+
+
+def test_expert_mode_under_sharded_training_is_refused(moe_dir):
+    from types import SimpleNamespace
+
+    from rwku.methods import Hyperparameters, get_method
+    from rwku.methods.trainer import train
+
+    loaded = load_model(resolve_model(str(moe_dir)))
+    fake = SimpleNamespace(distributed_type="DEEPSPEED", device=torch.device("cpu"))
+    hp = Hyperparameters(lr=1e-3, batch_size=2, epochs=1, warmup_steps=0, max_length=32)
+    with pytest.raises(ConfigError, match="DeepSpeed/FSDP"):
+        train(
+            loaded.model, loaded.tokenizer, get_method("ga"), PASSAGES, hp=hp, mode="expert", accelerator=fake
+        )

@@ -139,7 +139,7 @@ class TrainReport:
 
     status: str
     method: str = ""
-    #: "full", "lora" or "partial"
+    #: "full", "lora", "partial" or "expert"
     mode: str = ""
     mode_description: str = ""
     steps: int = 0
@@ -552,6 +552,14 @@ def train(
     tm = _resolve_mode(mode, method, model)
     if method.anchor and tm.kind != "expert":
         raise ConfigError("option anchor (the router anchor) only applies to mode 'expert'")
+    if (
+        tm.kind == "expert"
+        and accelerator is not None
+        and accelerator.distributed_type in ("DEEPSPEED", "FSDP")
+    ):
+        raise ConfigError(
+            "mode 'expert' masks slices of fused expert tensors, which DeepSpeed/FSDP shard; use DDP"
+        )
 
     t0 = time.perf_counter()
     if device.type == "cuda":
