@@ -322,3 +322,15 @@ def test_guarded_model_changes_only_flagged_prompts_and_counts_flags(tiny_lm):
         "total": len(reqs),
         "rate": round(1 / 6, 4),
     }
+
+
+def test_sweep_skips_relearning_for_guard_cells(tmp_path):
+    from types import SimpleNamespace
+
+    from rwku.experiments.grid import Cell
+    from rwku.experiments.sweep import run_cell_attacks
+
+    cell = Cell("single", ("1",), "guard", None, {}, {}, 0, (), {}, {"relearn": {}}, False, False)
+    logged: list[str] = []
+    assert run_cell_attacks(cell, tmp_path, SimpleNamespace(log=logged.append)) == {}
+    assert "relearn skipped" in logged[0]

@@ -244,9 +244,16 @@ def run_cell_attacks(cell: Cell, run_dir: Path, opts: RunOptions) -> dict[str, A
     """The cell's ``attacks`` on its freshly unlearned model, as ``{attack: record}``."""
     from rwku.attacks.relearn import RelearnOptions
     from rwku.attacks.runner import attack_run
+    from rwku.methods import get_method
 
     out: dict[str, Any] = {}
+    guards = get_method(cell.method, **cell.options).guards
     for name, options in cell.attacks.items():
+        if name == "relearn" and guards:  # the original weights: nothing of the guard to relearn
+            opts.log(
+                f"  [{cell.id}] relearn skipped: {cell.method} is an inference-time guard (docs/guards.md)"
+            )
+            continue
         record = attack_run(
             name,
             run_dir,
