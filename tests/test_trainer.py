@@ -208,6 +208,37 @@ def test_partial_mode_changes_only_its_layers(lm):
     assert changed_parameters(before, lm.model) == layer0  # tied embedding/head and norm untouched
 
 
+@pytest.mark.parametrize("mode", ["full", "partial:0-1", "lora"])
+def test_an_engine_that_evaluated_before_training_evaluates_the_trained_weights(lm, mode):
+    """The engine prepacks linear weights per layer and keys them on the weight's version; the
+    fused optimizer step must not leave it evaluating the weights from before training."""
+    from rwku.models.backend import ScoreRequest
+    from rwku.models.hf import HFLanguageModel
+
+    engine = HFLanguageModel(lm.model, lm.tokenizer, lm.info, batch_size=4, progress=False)
+    requests = [ScoreRequest(context="Stephen King wrote", continuation=" Carrie")]
+    before = engine.score(requests)[0]
+    train(
+        lm.model,
+        lm.tokenizer,
+        get_method("ga"),
+        PASSAGES,
+        hp=hp(lr=1e-2),
+        mode=mode,
+        progress=False,
+        guards=OFF,
+    )
+    lm.model.eval()
+    with torch.no_grad():  # the trained model without the engine: plain transformers forward
+        ids = lm.tokenizer("Stephen King wrote Carrie", return_tensors="pt").input_ids
+        n_ctx = len(lm.tokenizer("Stephen King wrote").input_ids)
+        logp = torch.log_softmax(lm.model(ids.to(lm.model.device)).logits[0].float(), -1)
+        plain = sum(logp[i - 1, ids[0, i]].item() for i in range(n_ctx, ids.shape[1]))
+    after = engine.score(requests)[0]
+    assert abs(plain - before.sum) > 1e-3  # training changed the answer's likelihood ...
+    assert after.sum == pytest.approx(plain, abs=1e-4)  # ... and the engine sees it
+
+
 def test_ga_raises_the_forget_nll(lm):
     nll0 = forget_nll(lm.model, lm.tokenizer)
     report = train(

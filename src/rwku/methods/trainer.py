@@ -489,6 +489,18 @@ def _vocab_size(model: Any, tokenizer: Any) -> int:
     return int(size) if size else len(tokenizer)
 
 
+def _mark_updated(params: Sequence[torch.Tensor]) -> None:
+    """Bump the in-place version counter of every trained parameter after an optimizer step.
+
+    The fused AdamW kernel writes the parameters without moving their version counters, and
+    the evaluation engine keys its prepacked weights (:mod:`rwku.models.packed`) on them: a
+    model evaluated before training (``rwku run``'s before, the relearning attack's budgets)
+    was then evaluated after training on its *old* weights. Bumping the counters is free and
+    restores the contract every version-keyed cache relies on."""
+    for p in params:
+        torch.autograd.graph.increment_version(p)
+
+
 def train(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -721,6 +733,7 @@ def train(
                 raise _Stop("diverged", f"gradient norm is {norm} at step {step}")
             else:
                 optimizer.step()
+            _mark_updated(params)
             if prepared.after_step is not None:
                 prepared.after_step()
             scheduler.step()
