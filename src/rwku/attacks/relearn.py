@@ -170,6 +170,11 @@ def evaluate_half(ctx: _Context, model, which: str) -> dict[str, float | None]:
     return probe_metrics(result.scores)
 
 
+#: Bumped when cached control curves computed by an earlier version are wrong: 2 = after the
+#: fused-optimizer fix (the relearning budgets had been evaluated on the weights of step 0).
+CONTROL_CACHE_VERSION = 2
+
+
 def _cached(ctx: _Context, suite: str, compute: Callable[[], Any], data_key: str | None = None) -> Any:
     """The original model's numbers are the same for every run on this target: cache them."""
     from rwku import PROTOCOL
@@ -181,6 +186,7 @@ def _cached(ctx: _Context, suite: str, compute: Callable[[], Any], data_key: str
         target=ctx.target.name,
         suite=suite,
         protocol=PROTOCOL,
+        controls=str(CONTROL_CACHE_VERSION),
         config=ctx.opts.training_key(),
         data=data_key or ctx.data_key,
     )
