@@ -174,7 +174,12 @@ def test_real_qwen_parts_resolve_load_and_answer(monkeypatch):
     assert loaded.info["sha256"] == REAL.sha256 and loaded.info["num_parameters"] > 1_500_000_000
     tok = loaded.tokenizer
     prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "In which country was Confucius born? Answer with the country name only."}],
+        [
+            {
+                "role": "user",
+                "content": "In which country was Confucius born? Answer with the country name only.",
+            }
+        ],
         tokenize=False,
         add_generation_prompt=True,
     )
