@@ -20,7 +20,9 @@ relative).
 :func:`packed_linears` swaps the ``forward`` of every float32 CPU ``nn.Linear`` of a model for
 the packed one and restores it on exit. Packed weights are cached per layer and rebuilt when
 the weight changes (its in-place version counter moves, e.g. after an optimiser step), so an
-unlearned model is repacked once (~0.1 s for 135M parameters) before it is evaluated.
+unlearned model is repacked once (~0.1 s for 135M parameters) before it is evaluated. Writes
+that bypass the counter must move it themselves: the fused AdamW kernel does not, so the
+trainer bumps the counters after every step (``rwku.methods.trainer._mark_updated``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ that greedy outputs equal the reference's. On a CPU the linear layers are most o
 and ``torch.ao``'s dynamically quantized ``Linear`` (int8 weights quantized once per tensor,
 activations quantized per call, fbgemm's int8 GEMM) runs them about 3x faster than
 the engine's prepacked float32 oneDNN layers on the project's 2-core machine (SmolLM2-135M
-MLP shapes, one thread: 28 rows 0.92 -> 0.29 ms, 512 rows 16.5 -> 5.2 ms). The outputs are no
+MLP shapes, one thread, a one-off timing loop not kept as a script: 28 rows 0.92 -> 0.29 ms,
+512 rows 16.5 -> 5.2 ms). The outputs are no
 longer the reference's: ``scripts/precision_agreement.py`` measures how many greedy outputs per
 suite stay equal and how far each score moves (docs/speed.md). Measured on the default model
 and Stephen King: 1.75x on the full evaluation, but only 91 of 509 greedy outputs equal to
@@ -30,6 +31,14 @@ def is_int8(dtype: object) -> bool:
     return isinstance(dtype, str) and dtype.lower() in INT8_NAMES
 
 
+def check_int8_device(device: object) -> None:
+    """Fail before the weights load: the int8 kernels are CPU kernels."""
+    if str(device) != "cpu":
+        raise ModelError(
+            f"--dtype int8 is for CPU evaluation only (dynamic int8 linear layers); got device {device}"
+        )
+
+
 def quantize_linears_int8(model: nn.Module, device: object) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (the output projection included) by a
     dynamically quantized int8 one, in place; returns the model.
@@ -39,10 +48,7 @@ def quantize_linears_int8(model: nn.Module, device: object) -> nn.Module:
     """
     import torch
 
-    if str(device) != "cpu":
-        raise ModelError(
-            f"--dtype int8 is for CPU evaluation only (dynamic int8 linear layers); got device {device}"
-        )
+    check_int8_device(device)
     engines = torch.backends.quantized.supported_engines
     if "fbgemm" in engines or "x86" in engines:
         torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"

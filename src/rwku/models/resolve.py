@@ -733,13 +733,15 @@ def load_model(
     explicitly asks, and only safetensors weights are read (pickled ``.bin`` files can run
     code). ``cache_dir`` overrides where GGUF conversions and the hash memo live.
     """
-    from rwku.models.precision import INT8, is_int8, quantize_linears_int8
+    from rwku.models.precision import INT8, check_int8_device, is_int8, quantize_linears_int8
 
     if not isinstance(spec, ModelSpec):
         spec = resolve_model(spec)
     int8 = is_int8(dtype)
     torch_dtype = _parse_dtype("float32" if int8 else dtype)
     dev = _check_device(device)
+    if int8:
+        check_int8_device(dev)
     info: dict[str, Any] = {
         "name": spec.name,
         "kind": spec.kind,
