@@ -324,6 +324,43 @@ def test_guarded_model_changes_only_flagged_prompts_and_counts_flags(tiny_lm):
     }
 
 
+def test_name_gate_matches_whole_names_and_unflags_prompts_without_them(tiny_lm):
+    from rwku.methods.guarding import GuardedModel, names_target
+
+    names = names_target("Stephen King")
+    assert names("Where was Stephen King born?") and names("what did KING write?")
+    assert names("King's first novel") and not names("Kingsley Amis wrote Lucky Jim.")
+    assert not names("Who directed The Shining?")
+    only_full = names_target("Bruce Lee")  # a surname under 4 letters is not matched alone
+    assert only_full("bruce lee's films") and not only_full("Lee Harvey Oswald")
+
+    class Everything:  # a classifier that flags every prompt it is asked about
+        def __init__(self) -> None:
+            self.asked: list[str] = []
+
+        def flags(self, lm, texts):
+            self.asked.extend(texts)
+            return [True] * len(texts)
+
+    reqs = _requests(tiny_lm)
+    gate = lambda text: "Maine" in text  # noqa: E731
+    classifier = Everything()
+    guarded = GuardedModel(tiny_lm, classifier, lambda _text: None, gate=gate)
+    guarded.generate(reqs, stop_token_ids=[], desc="neighbor: generate")
+    admitted = [r.prompt for r in reqs if gate(r.prompt)]
+    assert classifier.asked == admitted  # the others are not even classified
+    assert guarded.flag_rates()["parts"]["neighbor"]["flagged"] == len(admitted) < len(reqs)
+
+
+def test_bad_gate_exits_2():
+    from typer.testing import CliRunner
+
+    from rwku.cli import app
+
+    result = CliRunner().invoke(app, ["run", "--method", "eco", "--target", "1", "--option", "gate=names"])
+    assert result.exit_code == 2 and "gate" in result.output and "classifier, name" in result.output
+
+
 def test_sweep_skips_relearning_for_guard_cells(tmp_path):
     from types import SimpleNamespace
 

@@ -113,7 +113,9 @@ class GuardRail(RwkuError):
 # --------------------------------------------------------------------------------------------
 
 #: Options both guards take, with defaults.
-GUARD_DEFAULTS: dict[str, Any] = {"fpr": 0.05, "layer": None, "others": 8}
+GUARD_DEFAULTS: dict[str, Any] = {"fpr": 0.05, "layer": None, "others": 8, "gate": "classifier"}
+#: What decides a flag: the classifier alone, or the classifier on prompts that name the target.
+GATES = ("classifier", "name")
 
 
 def check_range(
@@ -136,6 +138,19 @@ def check_guard_options(method: str, options: dict[str, Any]) -> None:
     check_range(method, options, "others", 1, 50, open_lo=False)
     if options["layer"] is not None:
         check_range(method, options, "layer", -1000, 1000)
+    if options["gate"] not in GATES:
+        raise ConfigError(
+            f"method {method!r}: option gate={options['gate']!r} is not one of {', '.join(GATES)}"
+        )
+
+
+def names_target(name: str) -> Callable[[str], bool]:
+    """Whether a text names the target: a whole-word, case-insensitive match of its name or surname
+    (:func:`name_variants`). The ``gate=name`` rule: RWKU's neighbour probes never name the target,
+    the forget probes of levels 1-2 almost always do (docs/guards.md)."""
+    forms = sorted({v.strip() for v in name_variants(name)}, key=len, reverse=True)
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(f) for f in forms) + r")(?!\w)", re.IGNORECASE)
+    return lambda text: bool(pattern.search(text))
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,8 +414,12 @@ class GuardMethod(UnlearningMethod):
             generate=generate,
         )
         hook_for, chosen = self.hooks(lm, target, classifier, texts, log)
+        gate = self.options["gate"]
+        info["gate"] = gate
         self.record = {"classifier": info, **chosen}
-        return GuardedModel(lm, classifier, hook_for)
+        return GuardedModel(
+            lm, classifier, hook_for, gate=names_target(target.name) if gate == "name" else None
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,12 +445,20 @@ class GuardedModel:
     """The engine with a guard: flagged requests of each call get ``hook_for(prompt)``.
 
     Everything else (``info``, ``chat_prompt``, ``encode``, ...) is the wrapped model's.
-    ``counts[suite] = [flagged, total]``."""
+    ``counts[suite] = [flagged, total]``. With a ``gate``, only prompts it admits are classified
+    (the others are never flagged)."""
 
-    def __init__(self, lm, classifier: PromptClassifier, hook_for: Callable[[str], RowHook | None]) -> None:
+    def __init__(
+        self,
+        lm,
+        classifier: PromptClassifier,
+        hook_for: Callable[[str], RowHook | None],
+        gate: Callable[[str], bool] | None = None,
+    ) -> None:
         self.lm = lm
         self.classifier = classifier
         self.hook_for = hook_for
+        self.gate = gate
         self.counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
         self.classify_seconds = 0.0  # time spent classifying prompts (the guard's fixed cost)
         self.enabled = True
@@ -444,7 +471,9 @@ class GuardedModel:
             return {}
         started = time.perf_counter()
         unique = list(dict.fromkeys(texts))  # TruthfulQA scores one context per answer choice
-        flagged = dict(zip(unique, self.classifier.flags(self.lm, unique)))
+        admitted = [t for t in unique if self.gate is None or self.gate(t)]
+        flagged = dict.fromkeys(unique, False)
+        flagged.update(zip(admitted, self.classifier.flags(self.lm, admitted)))
         self.classify_seconds += time.perf_counter() - started
         flags = [flagged[t] for t in texts]
         count = self.counts[suite_of(desc)]
