@@ -208,6 +208,43 @@ def test_partial_mode_changes_only_its_layers(lm):
     assert changed_parameters(before, lm.model) == layer0  # tied embedding/head and norm untouched
 
 
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_gradient_checkpointing_gives_the_same_updates_and_is_switched_off_after(lm, mode):
+    twin = copy.deepcopy(lm.model)
+    calls = {"plain": 0, "recomputed": 0}  # layer 0 MLP forward calls while training (inside the checkpoint)
+
+    def counter(key):
+        def hook(module, args):  # a pre-hook: the recompute stops early, inside the MLP's forward
+            calls[key] += module.training
+
+        return hook
+
+    lm.model.model.layers[0].mlp.register_forward_pre_hook(counter("plain"))
+    twin.model.layers[0].mlp.register_forward_pre_hook(counter("recomputed"))
+    reports = [
+        train(
+            model,
+            lm.tokenizer,
+            get_method("ga"),
+            PASSAGES,
+            hp=hp(),
+            mode=mode,
+            progress=False,
+            guards=OFF,
+            gradient_checkpointing=checkpointing,
+        )
+        for model, checkpointing in ((lm.model, False), (twin, True))
+    ]
+    assert [r.status for r in reports] == ["finished", "finished"]
+    assert calls["recomputed"] == 2 * calls["plain"] > 0  # every layer ran again in the backward pass
+    assert reports[0].losses == pytest.approx(reports[1].losses, rel=1e-5)
+    plain, recomputed = (dict(r.model.named_parameters()) for r in reports)
+    assert sorted(plain) == sorted(recomputed)
+    for name, value in plain.items():
+        torch.testing.assert_close(recomputed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert not twin.is_activation_checkpointing  # evaluation afterwards runs the plain forward
+
+
 @pytest.mark.parametrize("mode", ["full", "partial:0-1", "lora"])
 def test_an_engine_that_evaluated_before_training_evaluates_the_trained_weights(lm, mode):
     """The engine prepacks linear weights per layer and keys them on the weight's version; the
@@ -490,6 +527,24 @@ def test_memory_advice_names_a_batch_that_fits():
         check_training_memory(
             qwen, 1_089_536, [batch], [None], device="cpu", batch_size=8, grad_accum=1, free=14 * GiB
         )
+    # gradient checkpointing keeps one layer's activations: the paper's batch then fits
+    with pytest.raises(ConfigError, match="--gradient-checkpointing"):
+        check_training_memory(
+            qwen, 1_089_536, [batch], [None], device="cpu", batch_size=8, grad_accum=1, free=8 * GiB
+        )
+    light = estimate_step_memory(qwen, 1_089_536, 8, 512, 8 * 512, checkpointing=True)
+    assert light.logits == est.logits and light.activations < est.activations / 4
+    assert check_training_memory(
+        qwen,
+        1_089_536,
+        [batch],
+        [None],
+        device="cpu",
+        batch_size=8,
+        grad_accum=1,
+        free=14 * GiB,
+        checkpointing=True,
+    )
     one = {"input_ids": torch.zeros(2, 512, dtype=torch.long)}
     assert check_training_memory(
         qwen, 1_089_536, [one], [None], device="cpu", batch_size=2, grad_accum=4, free=14 * GiB

@@ -50,6 +50,7 @@ def test_run_npo_lora_on_tiny_model_records_everything(tiny_model_dir, data_dir,
             "2",
             "--lr",
             "1e-5",
+            "--gradient-checkpointing",
             "--suites",
             "forget,neighbor",
             "--limit",
@@ -77,6 +78,7 @@ def test_run_npo_lora_on_tiny_model_records_everything(tiny_model_dir, data_dir,
     saved = tmp_path / "r"
     assert (saved / "config.json").exists() and (saved / "run.json").exists()
     assert json.loads((saved / "status.json").read_text())["status"] == "finished"
+    assert json.loads((saved / "config.json").read_text())["gradient_checkpointing"] is True
 
 
 def test_icu_changes_prompts_not_weights(tiny_model_dir, data_dir, tmp_path, isolated_cache):

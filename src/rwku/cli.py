@@ -176,6 +176,7 @@ def _unlearn_config(recipe: dict, **own):
         targets=options.pop("target"),
         method_options=_method_options(options.pop("option")),
         trust_remote_code=options.pop("trust_remote_code") or None,
+        gradient_checkpointing=options.pop("gradient_checkpointing") or None,
         progress=False if options.pop("quiet") else None,
         **own,
     )
@@ -246,6 +247,13 @@ EpochsOpt = Annotated[float | None, typer.Option(min=0, help="Epochs (default: t
 BatchOpt = Annotated[int | None, typer.Option(min=1, help="Training batch size (default: the preset).")]
 AccumOpt = Annotated[int | None, typer.Option(min=1, help="Gradient accumulation steps.")]
 MaxLenOpt = Annotated[int | None, typer.Option(min=1, help="Training cutoff in tokens (paper: 512).")]
+CheckpointOpt = Annotated[
+    bool,
+    typer.Option(
+        "--gradient-checkpointing",
+        help="Recompute each layer's activations in the backward pass: less memory, one more forward per step.",
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed of corpus sampling, LoRA init and batch order.")]
 OptionOpt = Annotated[
     list[str] | None,
@@ -280,6 +288,7 @@ def _recipe_options(
     batch_size: BatchOpt = None,
     grad_accum: AccumOpt = None,
     max_length: MaxLenOpt = None,
+    gradient_checkpointing: CheckpointOpt = False,
     seed: SeedOpt = None,
     option: OptionOpt = None,
     run_dir: RunDirOpt = None,

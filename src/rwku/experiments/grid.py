@@ -68,7 +68,7 @@ GRID_KEYS = (
 #: UnlearnConfig fields a cell sets itself, so they may not appear at the top level.
 CELL_FIELDS = ("targets", "setting", "method", "mode", "method_options", "run_dir", "progress", "seed")
 #: Options that change speed or location but never a number: left out of the cell id.
-UNHASHED = ("data", "device", "threads", "eval_batch_size", "use_cache")
+UNHASHED = ("data", "device", "threads", "eval_batch_size", "use_cache", "gradient_checkpointing")
 #: UnlearnConfig fields a method entry may fix or grid over (besides the method's own options).
 HYPER_KEYS = (
     "lr",

@@ -105,6 +105,7 @@ _OPTION_TYPES: dict[str, tuple[type, ...]] = {
     "batch_size": (int,),
     "grad_accum": (int,),
     "max_length": (int,),
+    "gradient_checkpointing": (bool,),
     "seed": (int,),
     "method_options": (dict,),
     "suites": (str,),
@@ -190,6 +191,8 @@ class UnlearnConfig:
     batch_size: int | None = None
     grad_accum: int = 1
     max_length: int = 512
+    #: recompute activations in the backward pass (memory for time; numbers unchanged)
+    gradient_checkpointing: bool = False
     seed: int = 0
     method_options: dict[str, Any] = field(default_factory=dict)
     suites: str = "forget,neighbor,mia,utility"
@@ -852,6 +855,7 @@ def _run_once(
                 run_dir=run_dir if is_main_process(accelerator) else None,
                 on_epoch=on_epoch if wanted and evaluate_model else None,
                 accelerator=accelerator,
+                gradient_checkpointing=cfg.gradient_checkpointing,
             )
         except TrainingError as err:  # diverged: record it, then let the caller report it
             report = err.report

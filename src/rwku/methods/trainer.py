@@ -489,6 +489,31 @@ def _vocab_size(model: Any, tokenizer: Any) -> int:
     return int(size) if size else len(tokenizer)
 
 
+def _enable_checkpointing(model: Any) -> None:
+    """Turn on transformers' gradient checkpointing (non-reentrant: LoRA's frozen inputs need no
+    ``requires_grad`` trick), or say clearly that the model cannot."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"{type(base).__name__} does not support gradient checkpointing")
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _checkpointing(model: Any) -> bool:
+    if hasattr(model, "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def _disable_checkpointing(model: Any) -> None:
+    if hasattr(model, "activation_checkpointing_disable"):
+        model.activation_checkpointing_disable()
+    else:
+        model.gradient_checkpointing_disable()
+
+
 def _mark_updated(params: Sequence[torch.Tensor]) -> None:
     """Bump the in-place version counter of every trained parameter after an optimizer step.
 
@@ -523,6 +548,7 @@ def train(
     warmup_cap: float = 0.1,
     max_grad_norm: float = 1.0,
     accelerator: Any | None = None,
+    gradient_checkpointing: bool = False,
 ) -> TrainReport:
     """Unlearn with ``method`` on ``records`` and return a :class:`TrainReport`.
 
@@ -543,7 +569,9 @@ def train(
     ``fp32``, or ``bf16``/``fp16`` autocast on CUDA only. ``accelerator`` (an
     ``accelerate.Accelerator``) runs the updates through it, for ``accelerate launch`` with
     DeepSpeed ZeRO-3 or FSDP (:mod:`rwku.methods.distributed`); mixed precision then comes
-    from the launcher's config.
+    from the launcher's config. ``gradient_checkpointing`` recomputes each decoder layer's
+    activations in the backward pass (transformers' non-reentrant checkpointing, on for the
+    training steps only): the same updates in less memory, for one more forward pass per step.
 
     Returns normally with status ``finished`` or (a guard rail fired) ``collapsed``; raises
     :class:`TrainingError` for ``diverged`` and re-raises ``KeyboardInterrupt`` (``interrupted``)
@@ -602,6 +630,8 @@ def train(
         trained = report.model = prepared.model
         report.mode_description = prepared.description
         report.trainable_params, report.total_params = prepared.trainable_params, prepared.total_params
+        if gradient_checkpointing:
+            _enable_checkpointing(trained)
         anchor = _anchor_for(prepared, method)
         report.experts = _experts_record(prepared, method)
         log.info("%s: %s", method.name, prepared.description)
@@ -618,6 +648,7 @@ def train(
                 device=str(device),
                 batch_size=hp.batch_size,
                 grad_accum=hp.grad_accum,
+                checkpointing=gradient_checkpointing,
             )
 
         # What the loss needs from the original model, computed before any update (module doc).
@@ -777,7 +808,7 @@ def train(
         report.status, report.reason = stop.status, stop.reason
         if accelerator is not None:  # a collapsed run is still evaluated: hand back the module
             report.model = distributed.unwrap(accelerator, trained)
-        _close(report, bar, trained, was_training, t0, device, prepared)
+        _close(report, bar, trained, was_training, t0, device, prepared, gradient_checkpointing)
         record.finish(report)
         if stop.status == "diverged":
             raise TrainingError(f"{method.name} training diverged: {stop.reason}", report) from None
@@ -785,15 +816,15 @@ def train(
         return report
     except KeyboardInterrupt:
         report.status, report.reason = "interrupted", f"interrupted after {report.steps} steps"
-        _close(report, bar, trained, was_training, t0, device, prepared)
+        _close(report, bar, trained, was_training, t0, device, prepared, gradient_checkpointing)
         record.finish(report)
         raise
     except BaseException as exc:
         report.status, report.reason = "failed", f"{type(exc).__name__}: {exc}"
-        _close(report, bar, trained, was_training, t0, device, prepared)
+        _close(report, bar, trained, was_training, t0, device, prepared, gradient_checkpointing)
         record.finish(report)
         raise
-    _close(report, bar, trained, was_training, t0, device, prepared)
+    _close(report, bar, trained, was_training, t0, device, prepared, gradient_checkpointing)
     record.finish(report)
     return report
 
@@ -806,11 +837,15 @@ def _close(
     t0: float,
     device: torch.device,
     prepared: Any = None,
+    checkpointing: bool = False,
 ) -> None:
     """Fill the report's time and memory, close the bar, put the model back in its mode and
-    remove what preparing the mode installed (expert mode's gradient hooks)."""
+    remove what preparing the mode installed (expert mode's gradient hooks, checkpointing)."""
     if prepared is not None and prepared.release is not None:
         prepared.release()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if checkpointing and _checkpointing(base):
+        _disable_checkpointing(base)
     if bar is not None:
         bar.close()
     model.train(was_training)
