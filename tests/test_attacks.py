@@ -323,17 +323,26 @@ def test_relearn_attack_end_to_end_on_tiny_model(tmp_path, tiny_model_dir, data_
         assert entry["unlearned"][2]["metrics"]["ll"] != entry["unlearned"][0]["metrics"]["ll"]
     assert rec["curves"]["split"]["data"]["records"] > 0
     assert "| split | unlearned | 4 |" in result.output
-    # the controls are cached: a second attack on the same target does not retrain the original
+    # the controls are cached: a second attack on the same target does not retrain the original;
+    # step 0 is not evaluated again (start=): forcing it (start=None) gives the same numbers
     import rwku.attacks.relearn as relearn_mod
 
-    calls = []
-    real = relearn_mod.relearn_curve
-    relearn_mod.relearn_curve = lambda ctx, which, data: calls.append(which) or real(ctx, which, data)
+    calls, evaluations = [], []
+    real, real_eval = relearn_mod.relearn_curve, relearn_mod.evaluate_half
+    relearn_mod.relearn_curve = lambda ctx, which, data, start=None: (
+        calls.append(which) or real(ctx, which, data)
+    )
+    relearn_mod.evaluate_half = lambda ctx, model, which: (
+        evaluations.append(which) or real_eval(ctx, model, which)
+    )
     try:
         again = runner.invoke(app, [*args, "--data", str(data_dir), "--kinds", "split"])
     finally:
-        relearn_mod.relearn_curve = real
+        relearn_mod.relearn_curve, relearn_mod.evaluate_half = real, real_eval
     assert again.exit_code == 0 and calls == ["unlearned"]
+    assert evaluations == ["unlearned", "unlearned", "unlearned", "unlearned"]  # run, forced step 0, 2, 4
+    fresh = json.loads((run_dir / "attack-relearn.json").read_text())["targets"]["Stephen King"]
+    assert fresh["curves"]["split"]["unlearned"][0]["metrics"] == rec["unlearned"] == fresh["unlearned"]
 
 
 def test_incontext_attack_end_to_end_on_icu_run(tmp_path, tiny_model_dir, data_dir, isolated_cache):

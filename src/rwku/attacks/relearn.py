@@ -199,8 +199,13 @@ def _cached(ctx: _Context, suite: str, compute: Callable[[], Any], data_key: str
         return value
 
 
-def relearn_curve(ctx: _Context, which: str, data: RelearnData) -> list[dict[str, Any]]:
-    """Fine-tune a fresh copy of ``which`` on ``data``; the metrics after every budget."""
+def relearn_curve(
+    ctx: _Context, which: str, data: RelearnData, start: dict[str, float | None] | None = None
+) -> list[dict[str, Any]]:
+    """Fine-tune a fresh copy of ``which`` on ``data``; the metrics after every budget.
+
+    ``start``: the metrics of ``which`` itself, already measured (step 0 is then not
+    evaluated again: it is the same model on the same probes for every data kind)."""
     from rwku.methods import Hyperparameters
     from rwku.methods.trainer import GuardRails, train
 
@@ -209,7 +214,8 @@ def relearn_curve(ctx: _Context, which: str, data: RelearnData) -> list[dict[str
     steps = [b for b in opts.budgets if b > 0]
     model = ctx.subject.fresh(which)
     if 0 in opts.budgets:
-        points.append({"step": 0, "metrics": evaluate_half(ctx, model, which)})
+        metrics = dict(start) if start is not None else evaluate_half(ctx, model, which)
+        points.append({"step": 0, "metrics": metrics})
     if not steps:
         return points
     n_batches = -(-len(data.records) // opts.batch_size)
@@ -286,7 +292,7 @@ def run_relearn(
             }
             continue
         log(f"  {kind}: {len(data.records)} records, steps {list(opts.budgets)}")
-        att = relearn_curve(ctx, "unlearned", data)
+        att = relearn_curve(ctx, "unlearned", data, start=unlearned)
         for point in att:
             point["recovery"] = recovery(point["metrics"], unlearned, original)
         entry: dict[str, Any] = {"data": data.summary(), "unlearned": att}
@@ -294,7 +300,7 @@ def run_relearn(
             ctl = _cached(
                 ctx,
                 f"relearn:control:{kind}",
-                lambda d=data: relearn_curve(ctx, "original", d),
+                lambda d=data: relearn_curve(ctx, "original", d, start=original),
                 data_key=_data_key(evaluated, data.records),
             )
             for point in ctl:
