@@ -34,10 +34,12 @@ expects a plain ``PreTrainedModel``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import re
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -424,7 +426,8 @@ def prepare_model(
             task_type="CAUSAL_LM",
         )
         try:
-            trained = get_peft_model(model, config)
+            with _quiet_peft():
+                trained = get_peft_model(model, config)
         except ValueError as exc:  # e.g. target modules not found in this architecture
             raise ConfigError(f"mode 'lora': {exc}") from exc
         rng = None
@@ -478,10 +481,20 @@ def load_trained(path: str | os.PathLike[str], base_model: Any | None = None) ->
             raise ConfigError(f"{path} holds a LoRA adapter; pass the base model it was trained on")
         from peft import PeftModel
 
-        return PeftModel.from_pretrained(base_model, path)
+        with _quiet_peft():
+            return PeftModel.from_pretrained(base_model, path)
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a
+    model: a FutureWarning on every LoRA run that is not the user's to act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def merge_lora(model: Any, *, inplace: bool = False) -> Any:
