@@ -73,6 +73,9 @@ def test_sweep_attacks_every_cell_and_report_shows_the_robustness_tables(
     r = rec["curves"]["split"]["unlearned"][1]["recovery"]["ll"]
     value = rows[0]["R% LL@2"]
     assert (value == "" and r is None) or float(value) == pytest.approx(100 * r)
+    t = rec["curves"]["split"]["original"][1]["teaching"]["ll"]
+    beyond = rows[0]["R−T% LL@2"]
+    assert (beyond == "" and None in (r, t)) or float(beyond) == pytest.approx(100 * (r - t))
     assert (report.out / "incontext.csv").is_file() and (report.out / "robustness.tex").is_file()
     assert (report.out / "plots" / "relearn_recovery.png").read_bytes()[:4] == b"\x89PNG"
     md = (report.out / "report.md").read_text()
@@ -89,3 +92,49 @@ def test_report_without_attacks_has_no_robustness_section(tiny_model_dir, data_d
     assert not (report.out / "robustness.csv").exists()
     assert "Robustness" not in (report.out / "report.md").read_text()
     assert json.loads((out / "manifest.json").read_text())["cells"][0]["id"] == plan.cells[0].id
+
+
+def test_recovery_beyond_the_control_is_paired_per_target():
+    from pathlib import Path
+
+    from rwku.reporting.aggregate import RunData
+    from rwku.reporting.robustness import relearn_table
+
+    def target(r10: float, r50: float, t50: float) -> dict:
+        point = lambda step, r: {"step": step, "recovery": {"ll": r, "all": None}}  # noqa: E731
+        return {
+            "curves": {
+                "related": {
+                    "unlearned": [point(0, 0.0), point(10, r10), point(50, r50)],
+                    "original": [{"step": 0, "teaching": {"ll": 0.0}}, {"step": 50, "teaching": {"ll": t50}}],
+                }
+            }
+        }
+
+    cell = {
+        "setting": "single",
+        "targets": ["A"],
+        "method": "ga",
+        "mode": "partial",
+        "params": {},
+        "options": {},
+    }
+    results = [
+        {"cell": {**cell, "targets": [name]}, "record": {"attacks": {"relearn": {"targets": {name: rec}}}}}
+        for name, rec in (
+            ("A", target(0.1, 0.5, 0.1)),
+            ("B", target(0.2, 0.3, 0.2)),
+            ("C", target(0.0, 0.4, -0.2)),
+        )
+    ]
+    run = RunData(Path("."), None, results, [], [], [], [])
+    table = relearn_table(run)
+    row = table.relearn_rows[0]
+    assert row.label.endswith("· related") and row.n == 3
+    assert table.relearn_columns == ["R% LL@10", "R% LL@50", "R% All@50", "T% LL@50", "R−T% LL@50"]
+    assert row.values["R% LL@50"].mean == pytest.approx(40.0)
+    assert row.values["T% LL@50"].mean == pytest.approx(100 * (0.1 + 0.2 - 0.2) / 3)
+    beyond = row.values["R−T% LL@50"]
+    assert beyond.mean == pytest.approx(100 * (0.4 + 0.1 + 0.6) / 3)
+    # its interval is that of the paired differences (sd 25 points, n 3), not of R and T apart
+    assert beyond.ci == pytest.approx(4.302653 * 25.166115 / 3**0.5, rel=1e-4)

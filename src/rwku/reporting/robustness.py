@@ -4,7 +4,8 @@ Reads the ``attacks`` records of a sweep's cells (a sweep YAML with ``attacks:``
 
 * the **relearning table**: per method group and data kind, the recovery R (in %, mean ± CI
   over targets) of the gold-answer likelihood at every budget, of ROUGE (All) at the last
-  budget, and the original-model control's teaching ratio T at the last budget;
+  budget, the original-model control's teaching ratio T at the last budget, and R − T paired
+  per target (what comes back beyond what the data teaches, with its own interval);
 * the **in-context table**: per method group, the gain (×100 points, mean ± CI over targets)
   that each context gives the unlearned model, and the answer context's gain on the original;
 * the **figure**: R of the likelihood against relearning steps, one panel per data kind, one
@@ -80,7 +81,11 @@ def relearn_table(run: RunData, confidence: float = 0.95) -> Robustness:
     if not steps:
         return out
     last = steps[-1]
-    out.relearn_columns = [f"R% LL@{s}" for s in steps] + [f"R% All@{last}", f"T% LL@{last}"]
+    out.relearn_columns = [f"R% LL@{s}" for s in steps] + [
+        f"R% All@{last}",
+        f"T% LL@{last}",
+        f"R−T% LL@{last}",
+    ]
     controls: dict[str, dict[int, list[float | None]]] = {}
     for key, records in groups.items():
         for kind in KIND_ORDER:
@@ -105,6 +110,13 @@ def relearn_table(run: RunData, confidence: float = 0.95) -> Robustness:
             values[f"T% LL@{last}"] = mean_ci(
                 [_pct(at(c.get("original", []), last, "teaching", "ll")) for c in curves], confidence
             )
+
+            def beyond(c: dict) -> float | None:  # recovery beyond what the data teaches, per target
+                r = at(c["unlearned"], last, "recovery", "ll")
+                t = at(c.get("original", []), last, "teaching", "ll")
+                return None if r is None or t is None else _pct(r - t)
+
+            values[f"R−T% LL@{last}"] = mean_ci([beyond(c) for c in curves], confidence)
             label = f"{label_for(key)} · {kind}"
             out.relearn_rows.append(Row(label, key, len(curves), values))
             out.curves[(kind, label_for(key))] = [(0, Stat(0.0, None, len(curves)))] + [
@@ -195,7 +207,8 @@ def markdown(rob: Robustness, to_markdown) -> list[str]:
         lines += [
             "Recovery R (%) of what unlearning removed, on the held-out half of the forget probes, after "
             "relearning for the given steps; T = the same attack's gain on the original model (how much "
-            "the data teaches by itself). – = not measurable (less than 0.5 points forgotten). "
+            "the data teaches by itself); R−T = R minus T per target, averaged (recovery beyond what the "
+            "data teaches). – = not measurable (less than 0.5 points forgotten). "
             "docs/attacks.md explains every column.",
             "",
             to_markdown(rob.relearn_rows, rob.relearn_columns),
