@@ -194,7 +194,10 @@ class AttackSubject:
         if (weights / "adapter_config.json").is_file():
             from peft import PeftModel
 
-            merged = PeftModel.from_pretrained(self.fresh("original"), str(weights)).merge_and_unload()
+            from rwku.methods.modes import quiet_peft
+
+            with quiet_peft():
+                merged = PeftModel.from_pretrained(self.fresh("original"), str(weights)).merge_and_unload()
             return merged.eval()
         from transformers import AutoModelForCausalLM
 

@@ -64,6 +64,7 @@ __all__ = [
     "parse_layer_range",
     "parse_mode",
     "prepare_model",
+    "quiet_peft",
     "save_trained",
     "select_experts",
     "snapshot",
@@ -426,7 +427,7 @@ def prepare_model(
             task_type="CAUSAL_LM",
         )
         try:
-            with _quiet_peft():
+            with quiet_peft():
                 trained = get_peft_model(model, config)
         except ValueError as exc:  # e.g. target modules not found in this architecture
             raise ConfigError(f"mode 'lora': {exc}") from exc
@@ -481,7 +482,7 @@ def load_trained(path: str | os.PathLike[str], base_model: Any | None = None) ->
             raise ConfigError(f"{path} holds a LoRA adapter; pass the base model it was trained on")
         from peft import PeftModel
 
-        with _quiet_peft():
+        with quiet_peft():
             return PeftModel.from_pretrained(base_model, path)
     from transformers import AutoModelForCausalLM
 
@@ -489,7 +490,7 @@ def load_trained(path: str | os.PathLike[str], base_model: Any | None = None) ->
 
 
 @contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
+def quiet_peft() -> Iterator[None]:
     """peft reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a
     model: a FutureWarning on every LoRA run that is not the user's to act on."""
     with warnings.catch_warnings():
