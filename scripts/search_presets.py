@@ -26,6 +26,12 @@ Run it with one thread (the default) so the machine keeps a core for others:
 
     PYTHONPATH=src python scripts/search_presets.py --out results/search.jsonl
     PYTHONPATH=src python scripts/search_presets.py --out results/search.jsonl --report
+
+Another model gets its own grid and corpus settings (``--grid qwen``: the search behind the
+Qwen study's learning rates, docs/models.md), e.g.
+
+    PYTHONPATH=src python scripts/search_presets.py --model qwen2.5-coder-1.5b-instruct --grid qwen \
+        --corpus authors --corpus-size 8 --max-length 128 --out docs/results/qwen-study/search.jsonl
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: mode got a third rate for NPO and one each for GA and RT; full GA and RT one each.
 #: Epochs are 2 everywhere (the paper: 3), to keep a default run inside the demo's budget.
 Cell = tuple[str, str, tuple[tuple[str, str], ...]]
-GRID: dict[Cell, tuple[list[float], float, int]] = {
+Grid = dict[Cell, tuple[list[float], float, int]]
+GRID: Grid = {
     ("npo", "lora", ()): ([3e-4, 1e-3, 2e-3, 3e-3], 2, 4),
     ("ga", "lora", ()): ([1e-4, 3e-4, 1e-3], 2, 4),
     ("dpo", "lora", ()): ([3e-4, 3e-3], 2, 4),
@@ -72,6 +79,21 @@ GRID: dict[Cell, tuple[list[float], float, int]] = {
     ("ga", "full", ()): ([3e-5], 2, 4),
     ("rt", "full", ()): ([1e-4], 2, 8),
 }
+
+#: Qwen2.5-Coder-1.5B-Instruct (issue 15). The paper's LoRA rates (GA 1e-5, NPO 5e-5, RT
+#: 3e-5) are for Llama-3-8B on its full corpora (3 epochs of a few hundred passages); with
+#: the few updates a CPU study affords (8 passages × 128 tokens, batch 2, 2 epochs: 8 steps)
+#: they barely move the model, and the 135M model's searched rates (GA 1e-3, NPO 2e-3) are
+#: the upper end. A trial here costs ~10 minutes on one core (training ~6, the likelihood
+#: measurement ~4), so three rates half a decade apart for GA, two for NPO and RT.
+QWEN_GRID: Grid = {
+    ("ga", "lora", ()): ([1e-4, 3e-4, 1e-3], 2, 2),
+    ("npo", "lora", ()): ([3e-4, 1e-3], 2, 2),
+    ("rt", "lora", ()): ([3e-4, 1e-3], 2, 2),
+    ("ga", "partial", ()): ([1e-4, 3e-4], 2, 2),
+}
+
+GRIDS: dict[str, Grid] = {"small": GRID, "qwen": QWEN_GRID}
 
 
 def cell_name(cell: Cell) -> str:
@@ -150,7 +172,7 @@ class Session:
         from rwku.models.hf import HFLanguageModel
         from rwku.models.resolve import load_model
 
-        loaded = load_model(None)
+        loaded = load_model(self.args.model)
         self.info = loaded.info
         return HFLanguageModel(loaded.model, loaded.tokenizer, loaded.info, batch_size=64, progress=False)
 
@@ -197,6 +219,8 @@ def run_trial(session: Session, cell: Cell, lr: float, epochs: float, batch_size
         "epochs": epochs,
         "batch_size": batch_size,
         "target": session.target.name,
+        "model": session.info.get("name"),
+        **corpus_options(session.args),
     }
     started = time.perf_counter()
     cfg = UnlearnConfig.from_dict(
@@ -209,6 +233,7 @@ def run_trial(session: Session, cell: Cell, lr: float, epochs: float, batch_size
             "batch_size": batch_size,
             "data": args.data,
             "seed": args.seed,
+            **corpus_options(args),
             "progress": False,
             **dict(extra),
         },
@@ -265,6 +290,12 @@ def run_trial(session: Session, cell: Cell, lr: float, epochs: float, batch_size
         )
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row
+
+
+def corpus_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The corpus/length settings given on the command line (unset ones keep rwku's defaults)."""
+    keys = ("corpus", "corpus_size", "max_length", "grad_accum")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def load_rows(path: Path) -> list[dict[str, Any]]:
@@ -360,6 +391,12 @@ def main() -> int:
         "--data", default=os.environ.get("RWKU_DATA") or str(ROOT.parent / "shared" / "data" / "rwku")
     )
     parser.add_argument("--target", default="Stephen King")
+    parser.add_argument("--model", default=None, help="alias, directory or hub id (default: rwku's default)")
+    parser.add_argument("--grid", choices=sorted(GRIDS), default="small", help="which grid of trials")
+    parser.add_argument("--corpus", default=None, help="synthetic (default), authors or a path")
+    parser.add_argument("--corpus-size", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--grad-accum", type=int, default=None)
     parser.add_argument(
         "--cells", default=None, help="comma list of cells (npo/lora, kl/lora/retain=neighbor; default: all)"
     )
@@ -374,9 +411,10 @@ def main() -> int:
     if args.report:
         print(report(load_rows(args.out), args.max_neighbor_ratio, args.min_fluency))
         return 0
-    cells = list(GRID)
+    grid = GRIDS[args.grid]
+    cells = list(grid)
     if args.cells:
-        by_name = {cell_name(c): c for c in GRID}
+        by_name = {cell_name(c): c for c in grid}
         wanted = [c.strip() for c in args.cells.split(",")]
         unknown = [c for c in wanted if c not in by_name]
         if unknown:
@@ -386,7 +424,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     session = Session(args)
     for cell in cells:
-        lrs, epochs, batch_size = GRID[cell]
+        lrs, epochs, batch_size = grid[cell]
         for lr in lrs:
             key = trial_key(cell, lr, epochs)
             if key in done:
