@@ -83,8 +83,8 @@ GRID: Grid = {
 #: Qwen2.5-Coder-1.5B-Instruct (issue 15). The paper's LoRA rates (GA 1e-5, NPO 5e-5, RT
 #: 3e-5) are for Llama-3-8B on its full corpora (3 epochs of a few hundred passages); with
 #: the few updates a CPU study affords (8 passages × 128 tokens, batch 2, 2 epochs: 8 steps)
-#: they barely move the model, and the 135M model's searched rates (GA 1e-3, NPO 2e-3) are
-#: the upper end. A trial here costs ~8 minutes on one core (training ~5, the likelihood
+#: they barely move the model; the 135M model's searched rates (GA 1e-3, NPO 2e-3) were the
+#: starting point. A trial here costs ~8 minutes on one core (training ~5, the likelihood
 #: measurement ~3). GA LoRA first, four rates half a decade apart (1e-4 and 3e-4 moved the
 #: forget likelihood by 1 % and 7 %, 1e-3 by 38 %); NPO from GA's working rate up (its loss
 #: is bounded and moves less per step); RT at the same rate; layers 0-3 (all their weights)
