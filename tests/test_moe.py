@@ -399,3 +399,32 @@ def test_expert_mode_under_sharded_training_is_refused(moe_dir):
         train(
             loaded.model, loaded.tokenizer, get_method("ga"), PASSAGES, hp=hp, mode="expert", accelerator=fake
         )
+
+
+def test_packed_experts_compute_the_eager_loop_and_repack_after_an_update(moe_lm):
+    """The engine's prepacked experts (rwku.models.packed) replace transformers' eager loop in
+    every standard family, give its outputs, and follow an in-place update of the weights."""
+    from rwku.models.packed import _available, packed_linears
+
+    if not _available():
+        pytest.skip("oneDNN prepacking is not available in this torch build")
+    model = moe_lm.model
+    experts = [ly.experts for ly in moe_layers(model)]
+    batch = _batch(moe_lm.tokenizer, ["Stephen King wrote novels.", "Where was he born? In Maine"])
+    with torch.no_grad():
+        plain = model(**batch).logits
+        with packed_linears(model):
+            assert all("forward" in e.__dict__ for e in experts)  # every block packed
+            packed = model(**batch).logits
+        assert not any("forward" in e.__dict__ for e in experts)  # restored on exit
+        torch.testing.assert_close(packed, plain, atol=1e-4, rtol=1e-4)
+        first = experts[0]
+        saved = first.down_proj.detach().clone()
+        try:
+            first.down_proj.mul_(3.0)  # as an optimiser step would: the version moves
+            changed = model(**batch).logits
+            with packed_linears(model):
+                torch.testing.assert_close(model(**batch).logits, changed, atol=1e-4, rtol=1e-4)
+        finally:
+            first.down_proj.copy_(saved)
+    assert not torch.allclose(changed, plain, atol=1e-3)  # the update mattered

@@ -23,11 +23,19 @@ the weight changes (its in-place version counter moves, e.g. after an optimiser 
 unlearned model is repacked once (~0.1 s for 135M parameters) before it is evaluated. Writes
 that bypass the counter must move it themselves: the fused AdamW kernel does not, so the
 trainer bumps the counters after every step (``rwku.methods.trainer._mark_updated``).
+
+Mixture-of-experts blocks keep their experts as 3-D parameters (``gate_up_proj`` [E, 2I, H],
+``down_proj`` [E, H, I]) that transformers' eager loop slices per expert and feeds to
+``F.linear`` — the same re-packing on every call, for two matrices per expert and layer. Where
+a block's eager forward is transformers' standard one (Mixtral, Qwen2/3-MoE, OLMoE,
+DeepSeek-V3, ... share it token for token; checked on the bytecode, so a family that changes
+it is left alone), :func:`packed_linears` runs the same loop on prepacked expert matrices.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from collections.abc import Iterator
 
@@ -47,7 +55,7 @@ def _packed_forward(layer: nn.Linear):
     key = (weight.data_ptr(), weight._version)
     cached = layer.__dict__.get("_rwku_packed")
     if cached is None or cached[0] != key:
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _PACK_ROWS_HINT)
+        packed = _pack(weight)
         layer.__dict__["_rwku_packed"] = cached = (key, packed)
     packed = cached[1]
     bias = layer.bias.detach() if layer.bias is not None else None
@@ -56,6 +64,77 @@ def _packed_forward(layer: nn.Linear):
         if not x.is_contiguous():
             x = x.contiguous()
         return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+    return forward
+
+
+def _pack(weight: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous(), _PACK_ROWS_HINT)
+
+
+def _standard_experts_code() -> object | None:
+    """The bytecode of transformers' standard eager experts loop (Mixtral's), or None."""
+    try:
+        from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+    except ImportError:  # pragma: no cover - transformers without Mixtral
+        return None
+    return inspect.unwrap(MixtralExperts.forward).__code__
+
+
+def _same_code(a: object, b: object) -> bool:
+    return all(getattr(a, f) == getattr(b, f) for f in ("co_code", "co_consts", "co_names", "co_varnames"))
+
+
+def _eligible_experts(module: nn.Module, standard: object | None) -> bool:
+    """An experts block whose eager forward is the standard loop over 3-D float32 CPU weights."""
+    gate_up, down = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    if standard is None or not isinstance(gate_up, nn.Parameter) or not isinstance(down, nn.Parameter):
+        return False
+    config = getattr(module, "config", None)
+    flags_ok = (
+        getattr(module, "has_gate", False)
+        and getattr(module, "is_concatenated", False)
+        and not getattr(module, "has_bias", True)
+        and not getattr(module, "is_transposed", True)
+        and not getattr(module, "has_post_expert_norm", True)
+        and getattr(config, "_experts_implementation", None) == "eager"
+    )
+    if not flags_ok or gate_up.dim() != 3 or down.dim() != 3:
+        return False
+    if any(w.device.type != "cpu" or w.dtype != torch.float32 for w in (gate_up, down)):
+        return False
+    return _same_code(inspect.unwrap(type(module).forward).__code__, standard)
+
+
+def _packed_experts_forward(module: nn.Module):
+    """transformers' eager experts loop, step for step, on prepacked per-expert matrices."""
+    gate_up, down = module.gate_up_proj, module.down_proj
+    key = (gate_up.data_ptr(), gate_up._version, down.data_ptr(), down._version)
+    cached = module.__dict__.get("_rwku_packed")
+    if cached is None or cached[0] != key:
+        packs = ([_pack(w) for w in gate_up], [_pack(w) for w in down])
+        module.__dict__["_rwku_packed"] = cached = (key, packs)
+    packed_gate_up, packed_down = cached[1]
+    num_experts, act_fn = len(packed_gate_up), module.act_fn
+    linear = torch.ops.mkldnn._linear_pointwise
+
+    def forward(
+        hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        final = torch.zeros_like(hidden_states)
+        mask = torch.nn.functional.one_hot(top_k_index, num_classes=num_experts + 1).permute(2, 1, 0)
+        hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero().flatten().tolist()
+        for expert in hit:
+            if expert == num_experts:
+                continue
+            top_k_pos, token_idx = torch.where(mask[expert])
+            gate, up = linear(
+                hidden_states[token_idx].contiguous(), packed_gate_up[expert], None, "none", [], ""
+            ).chunk(2, dim=-1)
+            current = linear((act_fn(gate) * up).contiguous(), packed_down[expert], None, "none", [], "")
+            current = current * top_k_weights[token_idx, top_k_pos, None]
+            final.index_add_(0, token_idx, current.to(final.dtype))
+        return final
 
     return forward
 
@@ -70,7 +149,8 @@ def _eligible(module: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def packed_linears(model: nn.Module) -> Iterator[None]:
-    """Run ``model``'s float32 CPU linear layers on prepacked oneDNN weights for the duration.
+    """Run ``model``'s float32 CPU linear layers (and standard experts blocks) on prepacked
+    oneDNN weights for the duration.
 
     Re-entrant and thread-safe (the engine's worker threads share the model): the first caller
     patches, the last one restores. Does nothing where oneDNN is unavailable or under autograd
@@ -82,10 +162,15 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
     with _LOCK:
         state = model.__dict__.setdefault("_rwku_packed_state", {"depth": 0, "layers": []})
         if state["depth"] == 0:
-            layers = [m for m in model.modules() if _eligible(m)]
+            standard = _standard_experts_code()
+            linears = [m for m in model.modules() if _eligible(m)]
+            experts = [m for m in model.modules() if _eligible_experts(m, standard)]
+            layers = linears + experts
             try:
-                for layer in layers:
+                for layer in linears:
                     layer.forward = _packed_forward(layer)
+                for layer in experts:
+                    layer.forward = _packed_experts_forward(layer)
             except RuntimeError:  # pragma: no cover - a oneDNN build without this reorder
                 for layer in layers:
                     layer.__dict__.pop("forward", None)
