@@ -360,6 +360,32 @@ def test_incontext_attack_end_to_end_on_icu_run(tmp_path, tiny_model_dir, data_d
         )
     # ICU's unlearned model is the original with the instruction: the plain scores differ
     assert rec["models"]["original"]["plain"]["ll"] != rec["models"]["unlearned"]["plain"]["ll"]
+    # the original model's half is cached: a second attack on the same target scores only the
+    # unlearned model, and its record is the same; --no-cache computes it again
+    import rwku.attacks.incontext as incontext_mod
+    from rwku.evaluation.suites import probes as probes_mod
+
+    asked = []
+    real = probes_mod.run_probes
+
+    def spy(lm, *args, **kwargs):
+        asked.append(kwargs.get("contexts") is not None)
+        return real(lm, *args, **kwargs)
+
+    for flags, calls in (([], 4), (["--no-cache"], 8)):
+        asked.clear()
+        probes_mod.run_probes = spy
+        try:
+            again = runner.invoke(
+                app, ["attack", "incontext", str(run_dir), "--data", str(data_dir), "-q", *flags]
+            )
+        finally:
+            probes_mod.run_probes = real
+        assert again.exit_code == 0, again.output
+        assert len(asked) == calls  # plain + three contexts per model scored
+        fresh = json.loads((run_dir / "attack-incontext.json").read_text())["targets"]["Stephen King"]
+        assert fresh["models"] == rec["models"]
+    assert incontext_mod.ORIGINAL_CACHE_VERSION >= 1
 
 
 def test_attack_refuses_a_run_of_another_model(tmp_path, tiny_model_dir, data_dir, isolated_cache):

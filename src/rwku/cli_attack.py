@@ -136,11 +136,15 @@ def incontext_cmd(
     device: DeviceOpt = "cpu",
     dtype: DtypeOpt = "float32",
     threads: ThreadsOpt = None,
+    no_cache: Annotated[
+        bool, typer.Option("--no-cache", help="Recompute the original model's cached results.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Ask every forget probe again with a context from the target's passages (the answer, related
     text without answers, the answer under an invented name); report the gain per context."""
-    _attack("incontext", run, **_common(target, model, data, out, device, dtype, threads, quiet))
+    common = _common(target, model, data, out, device, dtype, threads, quiet)
+    _attack("incontext", run, use_cache=not no_cache, **common)
 
 
 def register(app: typer.Typer) -> None:

@@ -102,13 +102,15 @@ def attack_run(
         if subject is None or subject.run.weights != rt.weights:
             subject = AttackSubject(rt, model=model, device=device, dtype=dtype, progress=progress)
         td = target_data[rt.target]
+        cache = ResultCache(enabled=use_cache)
         if attack == "relearn":
-            cache = ResultCache(enabled=use_cache)
             records[td.target.name] = run_relearn(
                 subject, rwku_data, td, relearn, log=log, progress=progress, cache=cache
             )
         else:
-            records[td.target.name] = run_incontext(subject, rwku_data, td, log=log, progress=progress)
+            records[td.target.name] = run_incontext(
+                subject, rwku_data, td, log=log, progress=progress, cache=cache
+            )
     record = {
         "version": RECORD_VERSION,
         "attack": attack,
