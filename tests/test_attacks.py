@@ -345,6 +345,68 @@ def test_relearn_attack_end_to_end_on_tiny_model(tmp_path, tiny_model_dir, data_
     assert fresh["curves"]["split"]["unlearned"][0]["metrics"] == rec["unlearned"] == fresh["unlearned"]
 
 
+def test_lora_relearning_trains_the_model_itself_and_gives_it_back_unchanged(
+    tmp_path, tiny_model_dir, data_dir, isolated_cache, monkeypatch
+):
+    """LoRA relearning puts its adapters on the subject's own models (no copy) and takes them off:
+    the models are bit-identical afterwards, and the curves equal those of the copy path."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from rwku.attacks import subject as subject_mod
+
+    run_dir = _tiny_run(tmp_path, tiny_model_dir, data_dir)
+    subjects, states = [], []
+    real_init = subject_mod.AttackSubject.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        subjects.append(self)
+        states.append(
+            {
+                w: {k: v.clone() for k, v in self.model(w).state_dict().items()}
+                for w in ("original", "unlearned")
+            }
+        )
+
+    monkeypatch.setattr(subject_mod.AttackSubject, "__init__", init)
+    copies = []
+    real_fresh = subject_mod.AttackSubject.fresh
+    monkeypatch.setattr(
+        subject_mod.AttackSubject,
+        "fresh",
+        lambda self, which: copies.append(which) or real_fresh(self, which),
+    )
+    args = ["attack", "relearn", str(run_dir), "--kinds", "split,unrelated", "--budgets", "0,2,4"]
+    args += ["--mode", "lora", "--max-length", "32", "--data", str(data_dir), "--no-cache", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    shared = json.loads((run_dir / "attack-relearn.json").read_text())["targets"]["Stephen King"]["curves"]
+    assert copies == []  # no model was copied for LoRA relearning
+    subject, before = subjects[-1], states[-1]
+    for which in ("original", "unlearned"):
+        model = subject.model(which)
+        assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+        assert "peft_config" not in model.__dict__
+        after = model.state_dict()
+        assert after.keys() == before[which].keys()
+        assert all(torch.equal(after[k], before[which][k]) for k in after)
+        assert all(p.requires_grad for p in model.parameters())  # peft's freezing undone
+    # the same attack on deep copies (the path full mode takes) gives the same curves
+    monkeypatch.setattr(subject_mod.AttackSubject, "model", lambda self, which: self.fresh(which))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert copies  # this time every curve trained a copy
+    copied = json.loads((run_dir / "attack-relearn.json").read_text())["targets"]["Stephen King"]["curves"]
+    for kind in ("split", "unrelated"):
+        for which in ("unlearned", "original"):
+            a, b = shared[kind][which], copied[kind][which]
+            assert [p["step"] for p in a] == [p["step"] for p in b] == [0, 2, 4]
+            for pa, pb in zip(a, b, strict=True):
+                assert pa["metrics"] == pytest.approx(pb["metrics"], rel=1e-5, abs=1e-6)
+        assert shared[kind]["unlearned"][2]["metrics"]["ll"] != shared[kind]["unlearned"][0]["metrics"]["ll"]
+
+
 def test_incontext_attack_end_to_end_on_icu_run(tmp_path, tiny_model_dir, data_dir, isolated_cache):
     run_dir = _tiny_run(tmp_path, tiny_model_dir, data_dir, method="icu")
     result = runner.invoke(app, ["attack", "incontext", str(run_dir), "--data", str(data_dir), "-q"])

@@ -205,6 +205,10 @@ class AttackSubject:
         model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, dtype=torch_dtype)
         return model.to(device).eval()
 
+    def model(self, which: str):
+        """The ``original`` or ``unlearned`` model itself (shared: whoever changes it restores it)."""
+        return self.original if which == "original" else self.unlearned
+
     def fresh(self, which: str):
         """A copy of the ``original`` or ``unlearned`` model that a fine-tuning run may change."""
         from rwku.models.packed import release_packed

@@ -498,6 +498,26 @@ def quiet_peft() -> Iterator[None]:
         yield
 
 
+def remove_lora(model: torch.nn.Module, requires_grad: dict[str, bool] | None = None) -> None:
+    """Take the LoRA layers that ``get_peft_model`` injected back out of ``model``, in place.
+
+    LoRA trains only its own matrices, so the base model (``model`` itself: peft wraps it
+    without copying) is bit for bit what it was once its original modules are back — this is
+    peft's ``unload()`` without the ``PeftModel`` handle, so it also works after a training run
+    that raised. ``requires_grad`` (``{name: flag}`` taken before) restores what peft froze.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BaseTunerLayer):
+                setattr(parent, name, child.get_base_layer())
+    model.__dict__.pop("peft_config", None)
+    if requires_grad is not None:
+        for name, param in model.named_parameters():
+            param.requires_grad_(requires_grad.get(name, param.requires_grad))
+
+
 def merge_lora(model: Any, *, inplace: bool = False) -> Any:
     """A plain model with the LoRA adapter folded into its weights, for evaluation.
 
