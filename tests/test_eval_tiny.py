@@ -172,3 +172,21 @@ def test_cache_lock_makes_a_second_process_wait_and_read_the_entry(tmp_path):
     other.join(30)
     assert seen == [{"written_by": "the other process"}]
     assert ResultCache(tmp_path, enabled=False).get(key) is None  # a disabled cache reads nothing
+
+
+def test_cache_value_computes_once_and_a_disabled_cache_every_time(tmp_path):
+    from rwku.evaluation.cache import ResultCache
+
+    calls: list[int] = []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"ll": 1.5, "n": len(calls)}
+
+    key = ResultCache.key(model="m", target="t", suite="relearn:original")
+    cache = ResultCache(tmp_path)
+    assert cache.value(key, compute) == {"ll": 1.5, "n": 1}
+    assert cache.value(key, compute) == {"ll": 1.5, "n": 1} and len(calls) == 1  # read back
+    off = ResultCache(tmp_path, enabled=False)
+    assert off.value(key, compute) == {"ll": 1.5, "n": 2} and len(calls) == 2  # recomputed...
+    assert cache.value(key, compute)["n"] == 2  # ...and stored as the fresh value

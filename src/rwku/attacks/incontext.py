@@ -72,13 +72,7 @@ def _cached_original(cache: Any, subject, target: str, data_key: str, compute: C
         version=str(ORIGINAL_CACHE_VERSION),
         data=data_key,
     )
-    with cache.lock(key):
-        hit = cache.get(key)
-        if hit is not None:
-            return hit["value"]
-        value = compute()
-        cache.put(key, {"value": value})
-        return value
+    return cache.value(key, compute)
 
 
 def run_incontext(

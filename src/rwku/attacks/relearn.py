@@ -190,13 +190,7 @@ def _cached(ctx: _Context, suite: str, compute: Callable[[], Any], data_key: str
         config=ctx.opts.training_key(),
         data=data_key or ctx.data_key,
     )
-    with ctx.cache.lock(key):
-        hit = ctx.cache.get(key)
-        if hit is not None:
-            return hit["value"]
-        value = compute()
-        ctx.cache.put(key, {"value": value})
-        return value
+    return ctx.cache.value(key, compute)
 
 
 def relearn_curve(

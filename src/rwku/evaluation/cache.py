@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from platformdirs import user_cache_dir
 
@@ -47,6 +48,17 @@ class ResultCache:
 
     def put(self, key: str, value: dict) -> None:
         atomic_write_json(self.root / f"{key}.json", value)
+
+    def value(self, key: str, compute: Callable[[], Any]) -> Any:
+        """The JSON value cached under ``key``, computed (once across processes) and stored if
+        missing: ``lock``, ``get`` and ``put`` for a value that is not a suite result."""
+        with self.lock(key):
+            hit = self.get(key)
+            if hit is not None:
+                return hit["value"]
+            value = compute()
+            self.put(key, {"value": value})
+            return value
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
