@@ -428,3 +428,27 @@ def test_packed_experts_compute_the_eager_loop_and_repack_after_an_update(moe_lm
         finally:
             first.down_proj.copy_(saved)
     assert not torch.allclose(changed, plain, atol=1e-3)  # the update mattered
+
+
+def test_an_engine_that_evaluated_before_expert_training_evaluates_the_trained_expert(moe_dir):
+    """The engine's packed experts are keyed on the 3-D tensors' versions: after expert-mode
+    training (fused AdamW, counters bumped by the trainer) it must read the trained expert."""
+    from rwku.models.backend import ScoreRequest
+
+    loaded = load_model(resolve_model(str(moe_dir)))
+    engine = HFLanguageModel(loaded.model, loaded.tokenizer, loaded.info, batch_size=4, progress=False)
+    requests = [ScoreRequest(context="Stephen King wrote", continuation=" Carrie in Maine")]
+    before = engine.score(requests)[0]
+    _train(loaded)  # expert mode: one routed expert and its router
+    loaded.model.eval()
+    tok = loaded.tokenizer
+    with torch.no_grad():  # plain transformers forward of the trained model (eager experts)
+        ids = tok(
+            "Stephen King wrote Carrie in Maine", return_tensors="pt", add_special_tokens=False
+        ).input_ids
+        n_ctx = len(tok("Stephen King wrote", add_special_tokens=False).input_ids)
+        logp = torch.log_softmax(loaded.model(ids).logits[0].float(), -1)
+        plain = sum(logp[i - 1, ids[0, i]].item() for i in range(n_ctx, ids.shape[1]))
+    after = engine.score(requests)[0]
+    assert abs(plain - before.sum) > 1e-4  # training changed the continuation's likelihood ...
+    assert after.sum == pytest.approx(plain, abs=1e-4)  # ... and the engine sees it
