@@ -21,21 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import time
 from pathlib import Path
 from unittest import mock
 
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), [])
-    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "")
-    keep = [f for f in ("fma", "avx2", "avx512f", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model}; {' '.join(keep)}"
+from bench_attacks import cpu_flags  # same folder
 
 
 def differences(a: object, b: object, path: str, rel: float = 1e-4) -> list[str]:

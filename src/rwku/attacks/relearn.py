@@ -210,7 +210,7 @@ def relearn_curve(
     opts = ctx.opts
     points: list[dict[str, Any]] = []
     steps = [b for b in opts.budgets if b > 0]
-    shared = opts.mode == "lora" and steps
+    shared = opts.mode == "lora" and bool(steps)
     model = ctx.subject.model(which) if shared else ctx.subject.fresh(which)
     if 0 in opts.budgets:
         metrics = dict(start) if start is not None else evaluate_half(ctx, model, which)
