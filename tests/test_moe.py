@@ -18,6 +18,7 @@ from rwku.models.moe import (
     attribute,
     moe_layers,
     require_moe,
+    router_anchor,
     routing,
     selection_shift,
 )
@@ -98,6 +99,31 @@ def test_anchor_loss_equals_its_formula():
     assert torch.nn.functional.mse_loss(onehot, g).item() == pytest.approx(anchor_loss(g, 0).item() / 3)
 
 
+def test_router_anchor_sums_the_anchored_layers_and_trains_each_router(moe_lm):
+    model = moe_lm.model
+    b = _batch(moe_lm.tokenizer, ["The writer grew up in Maine.", "Music"])
+    first, second = moe_layers(model)[:2]
+    with torch.no_grad(), RouterCapture([first, second]) as cap:
+        model(**b, use_cache=False)
+    by_hand = anchor_loss(cap.probs[first.index][0], 1, b["attention_mask"]) + anchor_loss(
+        cap.probs[second.index][0], 3, b["attention_mask"]
+    )
+    model.zero_grad(set_to_none=True)
+    value = router_anchor(model, [(first, 1), (second, 3)], b)
+    assert value.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    value.backward()
+    assert all(
+        ly.router.weight.grad is not None and ly.router.weight.grad.abs().sum() > 0 for ly in (first, second)
+    )
+    model.zero_grad(set_to_none=True)
+    single = router_anchor(model, [(first, 1)], b)
+    assert single.item() == pytest.approx(
+        anchor_loss(cap.probs[first.index][0], 1, b["attention_mask"]).item(), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="one per layer"):
+        router_anchor(model, [(first, 1), (first, 2)], b)
+
+
 def test_selection_shift_is_zero_for_the_same_model_and_counts_changes(moe_lm):
     b = _batch(moe_lm.tokenizer, ["The writer grew up in Maine.", "Music has been part of every culture"])
     r = routing(moe_lm.model, [b])
@@ -174,6 +200,14 @@ def test_expert_mode_trains_exactly_that_expert_and_that_router(moe_dir, anchor)
     assert report.experts["anchor"] == anchor
     # the gradient masks are gone: a later fine-tune (a relearning attack) may train every slice
     assert all(not p._backward_hooks for p in loaded.model.parameters())
+
+
+def test_several_experts_with_anchor_anchor_each_trained_layer_once(moe_dir):
+    loaded = load_model(resolve_model(str(moe_dir)))
+    report = _train(loaded, mode="expert:1.3,0.2,1.0", anchor=1.0)
+    assert report.status == "finished"
+    assert report.experts["trained"] == ["1.3", "0.2", "1.0"]
+    assert report.experts["anchored"] == ["1.3", "0.2"]  # layer 1's best-ranked expert only
 
 
 def test_expert_mode_attributes_and_records_routing(moe_dir):

@@ -413,21 +413,32 @@ def _resolve_mode(mode: str | TrainingMode, method: UnlearningMethod, model: tor
     return tm
 
 
-def _anchor_for(prepared: Any, method: UnlearningMethod) -> Callable[[Any, Batch], torch.Tensor] | None:
-    """``α × L_anchor`` on a forget batch, at the best-attributed trained expert (or None).
+def _anchored(experts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (layer, expert) pairs the router anchor pulls toward: per trained layer, its
+    best-ranked trained expert (``experts`` is best-attributed first)."""
+    seen: dict[int, int] = {}
+    for layer, expert in experts:
+        seen.setdefault(layer, expert)
+    return list(seen.items())
 
-    The router anchor (UOE/SEUF Eq. 3) pulls the layer's routing of the forget text toward
-    the one trained expert; with several trained experts it anchors the first (top-ranked).
-    Its value is computed by a forward pass of the batch that stops at that layer's router.
+
+def _anchor_for(prepared: Any, method: UnlearningMethod) -> Callable[[Any, Batch], torch.Tensor] | None:
+    """``α × L_anchor`` on a forget batch (or None without an anchor).
+
+    The router anchor (UOE/SEUF Eq. 3) pulls a layer's routing of the forget text toward the
+    trained expert. The paper trains one expert; with several, every trained layer is anchored
+    to its best-ranked trained expert, each with weight α (two experts of one layer cannot both
+    be the one-hot target: the lower-ranked one is trained, not anchored). Its value comes
+    from one forward pass of the batch that stops at the deepest anchored router.
     """
     alpha = method.anchor
     if not alpha or not prepared.experts:
         return None
     from rwku.models.moe import moe_layers, router_anchor
 
-    layer_index, expert = prepared.experts[0]
-    layer = next(ly for ly in moe_layers(prepared.model) if ly.index == layer_index)
-    return lambda model, batch: alpha * router_anchor(model, layer, expert, batch)
+    by_index = {ly.index: ly for ly in moe_layers(prepared.model)}
+    anchors = [(by_index[layer], expert) for layer, expert in _anchored(prepared.experts)]
+    return lambda model, batch: alpha * router_anchor(model, anchors, batch)
 
 
 def _experts_record(prepared: Any, method: UnlearningMethod) -> dict[str, Any] | None:
@@ -439,6 +450,8 @@ def _experts_record(prepared: Any, method: UnlearningMethod) -> dict[str, Any] |
         "trained": [f"{layer}.{e}" for layer, e in prepared.experts],
         "anchor": method.anchor,
     }
+    if method.anchor:
+        out["anchored"] = [f"{layer}.{e}" for layer, e in _anchored(prepared.experts)]
     att = prepared.attribution
     if att is not None:
         out["attribution"] = [

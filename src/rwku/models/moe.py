@@ -392,19 +392,31 @@ def anchor_loss(probs: torch.Tensor, expert: int, mask: torch.Tensor | None = No
 
 
 def router_anchor(
-    model: Any, layer: MoELayer, expert: int, batch: Mapping[str, torch.Tensor]
+    model: Any, anchors: Sequence[tuple[MoELayer, int]], batch: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
-    """:func:`anchor_loss` of ``batch`` at ``layer`` with the autograd graph kept.
+    """The sum of :func:`anchor_loss` over ``anchors`` ((layer, expert) pairs, one per layer)
+    on ``batch``, with the autograd graph kept.
 
-    A forward pass of the batch that stops right after ``layer``'s router (nothing above it
-    is computed); the model's training/eval state is left as it is.
+    One forward pass of the batch that stops right after the deepest anchored layer's router
+    (nothing above it is computed); the model's training/eval state is left as it is. Each
+    anchored router carries the full weight α of the caller, as it would alone: the paper
+    anchors one expert (Eq. 4), and a run that trains several experts in different layers
+    anchors every one of those layers to its expert.
     """
+    layers = [layer for layer, _ in anchors]
+    if not layers or len({ly.index for ly in layers}) != len(layers):
+        raise ValueError("router_anchor needs at least one (layer, expert) pair and one per layer")
     view = text_view(batch)
-    with RouterCapture([layer], grad=True, stop_after=layer.index) as cap:
+    deepest = max(ly.index for ly in layers)
+    with RouterCapture(layers, grad=True, stop_after=deepest) as cap:
         model(input_ids=view["input_ids"], attention_mask=view["attention_mask"], use_cache=False)
-    if not cap.probs[layer.index]:
-        raise RuntimeError(f"the router of layer {layer.index} did not run")
-    return anchor_loss(cap.probs[layer.index][0], expert, view["attention_mask"])
+    total = None
+    for layer, expert in anchors:
+        if not cap.probs[layer.index]:
+            raise RuntimeError(f"the router of layer {layer.index} did not run")
+        loss = anchor_loss(cap.probs[layer.index][0], expert, view["attention_mask"])
+        total = loss if total is None else total + loss
+    return total
 
 
 # --------------------------------------------------------------------------------------------
