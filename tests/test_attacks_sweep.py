@@ -77,6 +77,8 @@ def test_sweep_attacks_every_cell_and_report_shows_the_robustness_tables(
     beyond = rows[0]["R−T% LL@2"]
     assert (beyond == "" and None in (r, t)) or float(beyond) == pytest.approx(100 * (r - t))
     assert (report.out / "incontext.csv").is_file() and (report.out / "robustness.tex").is_file()
+    assert not (report.out / "routing.csv").exists()  # a dense model's runs have no routing section
+    assert "Routing shift" not in (report.out / "report.md").read_text()
     assert (report.out / "plots" / "relearn_recovery.png").read_bytes()[:4] == b"\x89PNG"
     md = (report.out / "report.md").read_text()
     assert "## Robustness: is it really gone?" in md and "ans ΔLL" in md

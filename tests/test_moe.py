@@ -3,6 +3,8 @@ expert-mode training and the fast engine on tiny random models of five MoE famil
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 
 import pytest
@@ -486,3 +488,67 @@ def test_an_engine_that_evaluated_before_expert_training_evaluates_the_trained_e
     after = engine.score(requests)[0]
     assert abs(plain - before.sum) > 1e-4  # training changed the continuation's likelihood ...
     assert after.sum == pytest.approx(plain, abs=1e-4)  # ... and the engine sees it
+
+
+def test_report_of_an_moe_sweep_has_the_routing_table_and_figure(
+    mixtral_dir, data_dir, tmp_path, isolated_cache
+):
+    from rwku.experiments.grid import expand_grid
+    from rwku.experiments.sweep import RunOptions, run_sweep
+    from rwku.reporting.report import write_report
+
+    grid = {
+        "name": "moe-report",
+        "model": str(mixtral_dir),
+        "targets": ["Stephen King", "Confucius"],
+        "methods": [
+            {"name": "ga", "modes": ["full", "expert"], "lr": 1.0e-2},
+            {"name": "ga", "modes": ["expert"], "lr": 1.0e-2, "options": {"anchor": 1.0}},
+        ],
+        "suites": "forget",
+        "limit": 1,
+        "corpus": "authors",
+        "corpus_size": 4,
+        "max_length": 32,
+        "epochs": 1,
+        "batch_size": 2,
+        "threads": 1,
+    }
+    out = tmp_path / "out"
+    assert run_sweep(expand_grid(grid), out, opts=RunOptions(data=str(data_dir), log=lambda m: None)).ok
+    report = write_report(out)
+    rows = {r["label"]: r for r in csv.DictReader(io.StringIO((report.out / "routing.csv").read_text()))}
+    assert set(rows) == {"GA (full) lr=0.01", "GA (expert) lr=0.01", "GA (expert) anchor=1, lr=0.01"}
+    # every value is the mean over the two targets of what the cells' training reports hold
+    trainings: dict[str, list[dict]] = {}
+    for f in sorted((out / "cells").glob("*.json")):
+        cell = json.loads(f.read_text())
+        training = cell["record"]["run"]["hyperparameters"]["training"]
+        key = "anchor" if cell["cell"]["options"].get("anchor") else cell["cell"]["mode"]
+        trainings.setdefault(key, []).append(training)
+    label = {
+        "full": "GA (full) lr=0.01",
+        "expert": "GA (expert) lr=0.01",
+        "anchor": "GA (expert) anchor=1, lr=0.01",
+    }
+    for key, ts in trainings.items():
+        row = rows[label[key]]
+        assert row["n"] == "2"
+        forget = [t["routing"]["forget"]["shift"] for t in ts]
+        assert float(row["F-chg%"]) == pytest.approx(
+            100 * sum(s["mean"]["changed_tokens"] for s in forget) / 2, abs=1e-6
+        )
+        top = [max(v["changed_tokens"] for v in s["per_layer"].values()) for s in forget]
+        assert float(row["F-chg% max"]) == pytest.approx(100 * sum(top) / 2, abs=1e-6)
+        retain = [t["routing"]["retain"]["shift"]["mean"]["tv"] for t in ts]
+        assert float(row["R-TV%"]) == pytest.approx(100 * sum(retain) / 2, abs=1e-6)
+        share = [100 * t["trainable_params"] / t["total_params"] for t in ts]
+        assert float(row["params %"]) == pytest.approx(sum(share) / 2, abs=1e-6)
+    assert float(rows[label["full"]]["params %"]) == pytest.approx(100.0)
+    assert float(rows[label["expert"]]["params %"]) < 50
+    assert float(rows[label["full"]]["F-chg%"]) > 0  # lr 1e-2 on every parameter moves the routers
+    md = (report.out / "report.md").read_text()
+    assert "## Routing shift (mixture-of-experts runs)" in md and "routing_shift.png" in md
+    assert (report.out / "plots" / "routing_shift.png").read_bytes().startswith(b"\x89PNG")
+    assert "\\toprule" in (report.out / "routing.tex").read_text()
+    assert "Routing shift (mixture-of-experts runs)" in (report.out / "report.html").read_text()

@@ -12,10 +12,11 @@ are the confidence intervals of :mod:`rwku.reporting.aggregate`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from rwku.reporting.aggregate import METRICS, Row, Series
+from rwku.reporting.aggregate import METRICS, Row, Series, Stat
 
 DPI = 110
 #: Every plotted score is a percentage: an interval reaching past 0 or 100 (small n, a wide
@@ -71,6 +72,50 @@ def _panels(
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def curve_panels(
+    panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[tuple[float, Stat]]]]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    path: Path,
+    width: float = 4.4,
+    marker: str = "o",
+    decorate: Callable[[Any, int], None] | None = None,
+) -> Path | None:
+    """One panel per ``(panel title, [(line label, [(x, Stat)])])``, one line with CI bars per
+    label, panels sharing the y axis; ``decorate(ax, i)`` adds what panel ``i`` needs beyond
+    its lines (a control curve, a reference line). None when nothing has data."""
+    if not panels:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.8), squeeze=False, sharey=True)
+    for i, (ax, (panel, lines)) in enumerate(zip(axes[0], panels)):
+        for label, pts in lines:
+            pts = [(x, s) for x, s in pts if s.mean is not None]
+            ax.errorbar(
+                [x for x, _ in pts],
+                [s.mean for _, s in pts],
+                yerr=[s.ci or 0.0 for _, s in pts],
+                marker=marker,
+                capsize=3 if marker == "o" else 2,
+                label=label,
+            )
+        if decorate is not None:
+            decorate(ax, i)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
     axes[0][0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()

@@ -13,6 +13,8 @@ Writes into ``RUN_DIR/report/`` (or ``--out``):
 * ``attack_types.md`` / ``attack_types.csv`` — forget score per adversarial attack type;
 * ``robustness.csv`` / ``robustness.tex`` / ``incontext.csv`` — recovery under relearning and
   in-context attacks, when the sweep ran them (:mod:`rwku.reporting.robustness`);
+* ``routing.csv`` / ``routing.tex`` / ``plots/routing_shift.png`` — for mixture-of-experts runs,
+  how far unlearning moved the routers' expert selection (:mod:`rwku.reporting.routing`);
 * ``plots/*.png`` — trade-off across epochs, across RepE's α, by attack type, batch-target
   curves, partial-layer grid (each only when the run has the cells for it);
 * ``report.html`` — all of the above in one self-contained page; sections without data are
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from rwku.io import atomic_write_text
 from rwku.reporting import aggregate as agg
-from rwku.reporting import plots, robustness
+from rwku.reporting import plots, robustness, routing
 from rwku.reporting.html import Figure, Section, render
 
 
@@ -78,6 +80,8 @@ class Tables:
     flags: list[agg.Row] = field(default_factory=list)
     #: the relearning / in-context attack tables (empty without attacks or cells)
     robustness: robustness.Robustness = field(default_factory=robustness.Robustness)
+    #: the routing-shift table of mixture-of-experts runs (empty for dense models)
+    routing: routing.Routing = field(default_factory=routing.Routing)
 
 
 FLAG_NOTE = (
@@ -105,6 +109,7 @@ def tables_from_run(run_dir: Path, confidence: float) -> Tables:
             "layers": agg.layer_grid(run, confidence),
         },
         robustness=robustness.robustness(run, confidence),
+        routing=routing.routing_table(run, confidence),
         flags=agg.flag_rates(run, confidence),
     )
 
@@ -215,7 +220,11 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
     rob = t.robustness
     result.files += robustness.write_files(rob, out, agg.to_csv)
     drawn["recovery"] = robustness.plot_recovery(rob, plot_dir / "relearn_recovery.png")
+    result.files += routing.write_files(t.routing, out, agg.to_csv)
+    routing_path = routing.plot_routing(t.routing, plot_dir / "routing_shift.png")
     figures = {k: Figure(FIGURES[k][0], path) for k, path in drawn.items() if path is not None}
+    if routing_path is not None:  # MoE runs only: not offered as "could be added" to dense ones
+        figures["routing"] = Figure("Routing shift per layer", routing_path)
     result.files += [f.path for f in figures.values()]
     absent = [FIGURES[k][2] for k, path in drawn.items() if path is None]
     addable = f"Not in this run (could be added): {'; '.join(absent)}." if absent else ""
@@ -236,6 +245,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         if type_delta_md:
             md += [f"### {delta_title}", "", type_delta_md, ""]
     md += robustness.markdown(rob, agg.to_markdown)
+    md += routing.markdown(t.routing, agg.to_markdown)
     if figures:
         md += ["## Figures", "", *(f"- ![{f.title}](plots/{f.path.name})" for f in figures.values()), ""]
     if addable:
@@ -273,6 +283,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         Section("Batch setting", figures=fig("batch")),
         Section("Partial layers", figures=fig("layers")),
         *robustness.sections(rob, figures.get("recovery"), Section),
+        *routing.sections(t.routing, figures.get("routing"), Section),
         Section("Not in this run", notes=[addable] if addable else []),
     ]
     write("report.html", render(f"rwku report: {t.name}", t.notes, sections))

@@ -157,25 +157,12 @@ def plot_recovery(rob: Robustness, path: Path) -> Path | None:
     """R (gold-answer likelihood, %) against relearning steps: a panel per data kind."""
     if not rob.curves:
         return None
-    from rwku.reporting.plots import DPI, _pyplot
+    from rwku.reporting.plots import curve_panels
 
-    plt = _pyplot()
     kinds = [k for k in KIND_ORDER if any(kk == k for kk, _ in rob.curves)]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.8), squeeze=False, sharey=True)
-    for ax, kind in zip(axes[0], kinds):
-        for (k, label), pts in rob.curves.items():
-            if k != kind:
-                continue
-            pts = [(x, s) for x, s in pts if s.mean is not None]
-            ax.errorbar(
-                [x for x, _ in pts],
-                [s.mean for _, s in pts],
-                yerr=[s.ci or 0.0 for _, s in pts],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-        ctl = [(x, s) for x, s in rob.controls.get(kind, []) if s.mean is not None]
+
+    def decorate(ax: Any, i: int) -> None:
+        ctl = [(x, s) for x, s in rob.controls.get(kinds[i], []) if s.mean is not None]
         if ctl:
             ax.plot(
                 [x for x, _ in ctl],
@@ -185,17 +172,21 @@ def plot_recovery(rob: Robustness, path: Path) -> Path | None:
                 label="control (original, T)",
             )
         ax.axhline(100, color="black", lw=0.6, alpha=0.5)
-        ax.set_title(f"relearning on {kind} text", fontsize=9)
-        ax.set_xlabel("relearning steps")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("recovery R of gold-answer likelihood (%)")
-    axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle("How much of the forgotten likelihood comes back", fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+
+    return curve_panels(
+        [
+            (
+                f"relearning on {kind} text",
+                [(label, pts) for (k, label), pts in rob.curves.items() if k == kind],
+            )
+            for kind in kinds
+        ],
+        xlabel="relearning steps",
+        ylabel="recovery R of gold-answer likelihood (%)",
+        title="How much of the forgotten likelihood comes back",
+        path=path,
+        decorate=decorate,
+    )
 
 
 def markdown(rob: Robustness, to_markdown) -> list[str]:
@@ -248,14 +239,14 @@ def sections(rob: Robustness, figure, section_cls) -> list[Any]:
     return out
 
 
-def to_latex(rows: Sequence[Row], columns: Sequence[str]) -> str:
+def to_latex(rows: Sequence[Row], columns: Sequence[str], first: str = "Method · data") -> str:
     """A plain booktabs table (mean, subscript ± CI half-width)."""
     from rwku.reporting.aggregate import latex_escape
 
     lines = [
         r"\begin{tabular}{l" + "c" * len(columns) + "}",
         r"\toprule",
-        " & ".join(["Method · data", *(latex_escape(c) for c in columns)]) + r" \\",
+        " & ".join([first, *(latex_escape(c) for c in columns)]) + r" \\",
         r"\midrule",
     ]
     for r in rows:
