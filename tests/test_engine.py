@@ -281,6 +281,30 @@ def test_packed_linears_match_nn_linear_and_repack_after_an_update():
             assert torch.allclose(model(x), 2 * plain, atol=1e-5)
 
 
+def test_packed_weights_are_kept_for_one_model_at_a_time():
+    from rwku.models.packed import _available, packed_linears
+
+    if not _available():
+        pytest.skip("oneDNN prepacking is not available in this torch build")
+    torch.manual_seed(0)
+    a, b = (torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4)) for _ in range(2))
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        expected = b(x)
+        with packed_linears(a):
+            a(x)
+        assert "_rwku_packed" in a[0].__dict__  # kept while no other model is packed
+        with packed_linears(b):
+            assert torch.allclose(b(x), expected, atol=1e-5)
+        assert "_rwku_packed" not in a[0].__dict__ and "_rwku_packed" in b[0].__dict__
+        with packed_linears(b), packed_linears(a):  # b still in use: its weights stay
+            a(x)
+            assert "_rwku_packed" in b[0].__dict__ and "_rwku_packed" in a[0].__dict__
+        with packed_linears(b):  # a was packed last and is idle now: dropped
+            assert torch.allclose(b(x), expected, atol=1e-5)
+        assert "_rwku_packed" not in a[0].__dict__
+
+
 def test_worker_threads_run_without_autograd(tiny_lm, monkeypatch):
     seen = []
     original = HFLanguageModel._model_forward

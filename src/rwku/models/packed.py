@@ -24,6 +24,14 @@ unlearned model is repacked once (~0.1 s for 135M parameters) before it is evalu
 that bypass the counter must move it themselves: the fused AdamW kernel does not, so the
 trainer bumps the counters after every step (``rwku.methods.trainer._mark_updated``).
 
+Packed weights are a second copy of every weight, so they are kept for **one idle model at a
+time**: entering :func:`packed_linears` for a model drops those of every other model packed
+before it that is not inside its own context. A process that evaluates an original and an
+unlearned model (the attacks, a sweep) then holds one packed copy, not one per model. On the
+1.5B model a copy is ~6 GB in float32 (1.54B weights × 4 bytes): the attacks' two models with
+a packed copy each would need ~25 GB, more than the 24 GB machine has; a repack costs
+seconds.
+
 Mixture-of-experts blocks keep their experts as 3-D parameters (``gate_up_proj`` [E, 2I, H],
 ``down_proj`` [E, H, I]) that transformers' eager loop slices per expert and feeds to
 ``F.linear`` — the same re-packing on every call, for two matrices per expert and layer. Where
@@ -37,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import threading
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -44,6 +53,8 @@ from torch import nn
 
 _LOCK = threading.Lock()
 _PACK_ROWS_HINT = 64
+#: the models whose packed weights are cached (one idle one at most; module doc)
+_PACKED: weakref.WeakSet = weakref.WeakSet()
 
 
 def _available() -> bool:
@@ -162,6 +173,7 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
     with _LOCK:
         state = model.__dict__.setdefault("_rwku_packed_state", {"depth": 0, "layers": []})
         if state["depth"] == 0:
+            _keep_only(model)
             standard = _standard_experts_code()
             linears = [m for m in model.modules() if _eligible(m)]
             experts = [m for m in model.modules() if _eligible_experts(m, standard)]
@@ -188,9 +200,23 @@ def packed_linears(model: nn.Module) -> Iterator[None]:
                 state["layers"] = []
 
 
+def _keep_only(model: nn.Module) -> None:
+    """Drop the packed weights of every other model packed before ``model`` that is not in use
+    now (inside its own :func:`packed_linears`). Called with the lock held."""
+    for other in list(_PACKED):
+        if other is not model and other.__dict__.get("_rwku_packed_state", {}).get("depth", 0) == 0:
+            _drop(other)
+            _PACKED.discard(other)
+    _PACKED.add(model)
+
+
+def _drop(model: nn.Module) -> None:
+    for module in model.modules():
+        module.__dict__.pop("_rwku_packed", None)
+
+
 def release_packed(model: nn.Module) -> None:
     """Drop the packed weights cached on ``model``'s layers (they cannot be deep-copied, and
     hold a second copy of every weight); the next :func:`packed_linears` packs again."""
     with _LOCK:
-        for module in model.modules():
-            module.__dict__.pop("_rwku_packed", None)
+        _drop(model)
