@@ -255,6 +255,11 @@ def test_an_engine_that_evaluated_before_training_evaluates_the_trained_weights(
     engine = HFLanguageModel(lm.model, lm.tokenizer, lm.info, batch_size=4, progress=False)
     requests = [ScoreRequest(context="Stephen King wrote", continuation=" Carrie")]
     before = engine.score(requests)[0]
+
+    def packed() -> bool:
+        return any("_rwku_packed" in m.__dict__ for m in lm.model.modules())
+
+    assert packed() == engine.packed  # the engine keeps its packed copy of the weights ...
     train(
         lm.model,
         lm.tokenizer,
@@ -265,6 +270,7 @@ def test_an_engine_that_evaluated_before_training_evaluates_the_trained_weights(
         progress=False,
         guards=OFF,
     )
+    assert not packed()  # ... which training drops: stale, and a second model in memory
     lm.model.eval()
     with torch.no_grad():  # the trained model without the engine: plain transformers forward
         ids = lm.tokenizer("Stephen King wrote Carrie", return_tensors="pt").input_ids

@@ -66,6 +66,7 @@ from rwku.methods.base import Batch, Hyperparameters, UnlearningMethod, decoder_
 from rwku.methods.batches import build_batch
 from rwku.methods.memory import check_training_memory
 from rwku.methods.modes import TrainingMode, is_peft_model, parse_mode, prepare_model, save_trained
+from rwku.models.packed import release_packed
 
 __all__ = [
     "COLLAPSE_PROMPT",
@@ -625,6 +626,9 @@ def train(
     trained: Any = model
     prepared = None
     try:
+        # The engine's packed copy of the weights (from an evaluation before training) is stale
+        # once they change, and a whole second model in memory while training: drop it.
+        release_packed(model)
         batches = make_batches(method.corpus, records, tokenizer, hp.batch_size, hp.max_length)
         retains: list[Batch | None] = [None]
         if method.needs_retain:
