@@ -91,17 +91,25 @@ def curve_panels(
     width: float = 4.4,
     marker: str = "o",
     decorate: Callable[[Any, int], None] | None = None,
+    share: bool = False,
+    integer_x: bool = False,
 ) -> Path | None:
     """One panel per ``(panel title, [(line label, [(x, Stat)])])``, one line with CI bars per
     label, panels sharing the y axis; ``decorate(ax, i)`` adds what panel ``i`` needs beyond
-    its lines (a control curve, a reference line). None when nothing has data."""
+    its lines (a control curve, a reference line). ``share``: the values are shares in %, so
+    intervals reaching past 0 or 100 (few targets, a wide t-quantile) are cut at the axis.
+    None when nothing has data."""
     if not panels:
         return None
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 3.8), squeeze=False, sharey=True)
+    lows: list[float] = []
+    highs: list[float] = []
     for i, (ax, (panel, lines)) in enumerate(zip(axes[0], panels)):
         for label, pts in lines:
             pts = [(x, s) for x, s in pts if s.mean is not None]
+            lows += [s.mean - (s.ci or 0.0) for _, s in pts]
+            highs += [s.mean + (s.ci or 0.0) for _, s in pts]
             ax.errorbar(
                 [x for x, _ in pts],
                 [s.mean for _, s in pts],
@@ -115,6 +123,12 @@ def curve_panels(
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
+        if integer_x:
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if share:
+        _limit_axis(axes[0][0], lows, highs)
     axes[0][0].set_ylabel(ylabel)
     axes[0][0].legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=11)

@@ -124,6 +124,8 @@ def plot_routing(rt: Routing, path: Path) -> Path | None:
         path=path,
         width=5.2,
         marker=".",
+        share=True,
+        integer_x=True,
     )
 
 
