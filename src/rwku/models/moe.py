@@ -410,13 +410,10 @@ def router_anchor(
     deepest = max(ly.index for ly in layers)
     with RouterCapture(layers, grad=True, stop_after=deepest) as cap:
         model(input_ids=view["input_ids"], attention_mask=view["attention_mask"], use_cache=False)
-    total = None
-    for layer, expert in anchors:
-        if not cap.probs[layer.index]:
-            raise RuntimeError(f"the router of layer {layer.index} did not run")
-        loss = anchor_loss(cap.probs[layer.index][0], expert, view["attention_mask"])
-        total = loss if total is None else total + loss
-    return total
+    missing = [ly.index for ly in layers if not cap.probs[ly.index]]
+    if missing:
+        raise RuntimeError(f"the router of layer(s) {missing} did not run")
+    return sum(anchor_loss(cap.probs[ly.index][0], e, view["attention_mask"]) for ly, e in anchors)
 
 
 # --------------------------------------------------------------------------------------------

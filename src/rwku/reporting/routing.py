@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rwku.reporting.aggregate import Row, RunData, Stat, _sort_key, group_key, label_for, mean_ci
+from rwku.reporting.robustness import _pct
 
 PARTS = (("forget", "F"), ("retain", "R"))
 COLUMNS = [
@@ -58,10 +59,6 @@ def _training(result: dict[str, Any]) -> dict[str, Any] | None:
     run = (result.get("record") or {}).get("run") or {}
     training = (run.get("hyperparameters") or {}).get("training")
     return training if isinstance(training, dict) and training.get("routing") else None
-
-
-def _pct(v: float | None) -> float | None:
-    return None if v is None else 100.0 * v
 
 
 def cell_values(training: dict[str, Any]) -> dict[str, float | None]:
