@@ -356,20 +356,37 @@ def test_lora_relearning_trains_the_model_itself_and_gives_it_back_unchanged(
     from rwku.attacks import subject as subject_mod
 
     run_dir = _tiny_run(tmp_path, tiny_model_dir, data_dir)
-    subjects, states = [], []
+    subjects, states, checked = [], [], []
     real_init = subject_mod.AttackSubject.__init__
+    real_load = subject_mod.AttackSubject._load_unlearned
+
+    def snapshot(model):
+        return {k: v.clone() for k, v in model.state_dict().items()}
+
+    def unchanged(model, before) -> bool:
+        after = model.state_dict()
+        return (
+            not any(isinstance(m, BaseTunerLayer) for m in model.modules())
+            and "peft_config" not in model.__dict__
+            and after.keys() == before.keys()
+            and all(torch.equal(after[k], before[k]) for k in after)
+            and all(p.requires_grad for p in model.parameters())  # peft's freezing undone
+        )
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
         subjects.append(self)
-        states.append(
-            {
-                w: {k: v.clone() for k, v in self.model(w).state_dict().items()}
-                for w in ("original", "unlearned")
-            }
-        )
+        states.append({"original": snapshot(self._original)})
+
+    def load_unlearned(self):
+        # the original's work is done when the unlearned model takes its place: given back intact?
+        checked.append(unchanged(self._original, states[-1]["original"]))
+        model = real_load(self)
+        states[-1]["unlearned"] = snapshot(model)
+        return model
 
     monkeypatch.setattr(subject_mod.AttackSubject, "__init__", init)
+    monkeypatch.setattr(subject_mod.AttackSubject, "_load_unlearned", load_unlearned)
     copies = []
     real_fresh = subject_mod.AttackSubject.fresh
     monkeypatch.setattr(
@@ -383,20 +400,16 @@ def test_lora_relearning_trains_the_model_itself_and_gives_it_back_unchanged(
     assert result.exit_code == 0, result.output
     shared = json.loads((run_dir / "attack-relearn.json").read_text())["targets"]["Stephen King"]["curves"]
     assert copies == []  # no model was copied for LoRA relearning
-    subject, before = subjects[-1], states[-1]
-    for which in ("original", "unlearned"):
-        model = subject.model(which)
-        assert not any(isinstance(m, BaseTunerLayer) for m in model.modules())
-        assert "peft_config" not in model.__dict__
-        after = model.state_dict()
-        assert after.keys() == before[which].keys()
-        assert all(torch.equal(after[k], before[which][k]) for k in after)
-        assert all(p.requires_grad for p in model.parameters())  # peft's freezing undone
+    subject = subjects[-1]
+    assert checked == [True]  # the original, after its two control curves
+    assert subject.loads == {"original": 1, "unlearned": 1}  # one switch
+    assert unchanged(subject.model("unlearned"), states[-1]["unlearned"])  # after its two curves
     # the same attack on deep copies (the path full mode takes) gives the same curves
     monkeypatch.setattr(subject_mod.AttackSubject, "model", lambda self, which: self.fresh(which))
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert copies  # this time every curve trained a copy
+    assert subjects[-1].loads == {"original": 1, "unlearned": 1}
     copied = json.loads((run_dir / "attack-relearn.json").read_text())["targets"]["Stephen King"]["curves"]
     for kind in ("split", "unrelated"):
         for which in ("unlearned", "original"):
@@ -405,6 +418,54 @@ def test_lora_relearning_trains_the_model_itself_and_gives_it_back_unchanged(
             for pa, pb in zip(a, b, strict=True):
                 assert pa["metrics"] == pytest.approx(pb["metrics"], rel=1e-5, abs=1e-6)
         assert shared[kind]["unlearned"][2]["metrics"]["ll"] != shared[kind]["unlearned"][0]["metrics"]["ll"]
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_attack_subject_holds_one_model_at_a_time(tmp_path, tiny_model_dir, data_dir, isolated_cache, mode):
+    """The unlearned model takes the original's place (a LoRA adapter merged in place, full
+    weights read after the original is dropped) and the original comes back on demand: the
+    models are the same as if both were held, and at most one is alive."""
+    import copy
+    import gc
+    import weakref
+
+    import torch
+    from peft import PeftModel
+
+    from rwku.attacks.subject import AttackSubject, open_run
+    from rwku.models.resolve import load_model
+
+    run_dir = _tiny_run(tmp_path, tiny_model_dir, data_dir, mode=mode)
+    (rt,) = open_run(run_dir)
+    subject = AttackSubject(rt, model=str(tiny_model_dir), progress=False)
+    original = {k: v.clone() for k, v in subject.original.state_dict().items()}
+    if mode == "lora":
+        expected = PeftModel.from_pretrained(
+            copy.deepcopy(subject.original), str(rt.weights)
+        ).merge_and_unload()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        expected = AutoModelForCausalLM.from_pretrained(str(rt.weights))
+    expected = expected.state_dict()
+    gone = weakref.ref(subject.original)
+    unlearned = subject.unlearned
+    gc.collect()
+    assert subject._original is None and subject.lm.model is unlearned
+    if mode == "full":
+        assert gone() is None  # the original's memory is free
+    state = unlearned.state_dict()
+    assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state)
+    assert any(not torch.equal(state[k], original[k]) for k in state)  # it did unlearn
+    gone = weakref.ref(unlearned)
+    del unlearned, state
+    back = subject.original  # loaded again, the unlearned one dropped
+    gc.collect()
+    assert gone() is None and subject._unlearned is None
+    state = back.state_dict()
+    assert all(torch.equal(state[k], original[k]) for k in original)
+    assert subject.loads == {"original": 2, "unlearned": 1}
+    assert load_model(str(tiny_model_dir)).info["fingerprint"] == subject.fingerprint
 
 
 def test_incontext_attack_end_to_end_on_icu_run(tmp_path, tiny_model_dir, data_dir, isolated_cache):

@@ -13,6 +13,15 @@ loads the original model once and hands out copies:
   original plus the run's prompt prefix (ICU) or steering hooks (RepE, with the control
   vectors computed once on the original model, so a fine-tuned copy is steered the same way).
 
+**One model in memory at a time.** A run with weights of its own holds either the original or
+the unlearned model, never both: asking for the other one drops the one held and makes the
+other — a LoRA run's adapter is merged into the original *in place*, a full run's weights are
+read from disk, the original is loaded again (from the converted cache: seconds). The attacks
+do all their work on the original model first (its numbers are mostly cached), then on the
+unlearned one, so one attack switches once. On the 1.5B knowledge model that is the difference
+between ~13 GB and ~19 GB (two 6.2 GB float32 copies), which decides whether an attack fits
+beside another job on a 24 GB machine. Inference-time runs share the original's weights.
+
 Bad input is one :class:`~rwku.errors.ConfigError` line: a run without weights (interrupted,
 diverged, collapsed), a model other than the run's, a target the run did not unlearn.
 """
@@ -20,6 +29,7 @@ diverged, collapsed), a model other than the run's, a target the run did not unl
 from __future__ import annotations
 
 import copy
+import gc
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,11 +167,11 @@ class AttackSubject:
     ) -> None:
         from rwku.methods import get_method
         from rwku.models.hf import HFLanguageModel
-        from rwku.models.resolve import load_model
 
         self.run = run
-        spec = model if model is not None else run.model
-        loaded = load_model(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        self._spec = model if model is not None else run.model
+        self._device, self._dtype, self._trust = device, dtype, trust_remote_code
+        loaded = self._load_original_model()
         fingerprint = loaded.info.get("fingerprint")
         if run.fingerprint and fingerprint and run.fingerprint != fingerprint:
             raise ConfigError(
@@ -170,40 +180,92 @@ class AttackSubject:
             )
         self.info = loaded.info
         self.tokenizer = loaded.tokenizer
-        self.original = loaded.model
-        self.original.eval()
+        self._original = loaded.model.eval()
+        self._unlearned = None
+        #: how often each model was made (loaded, merged, read): the one-model policy's price
+        self.loads = {"original": 1, "unlearned": 0}
         self.method = get_method(run.method, **run.method_options) if run.method != "external" else None
         self.prompt_prefix: str | None = self.method.prompt_prefix() if self.method is not None else None
         self._vectors: dict[str, Any] = {}
         self._guards: dict[str, Any] = {}  # an inference-time guard per target (see asked)
-        self.unlearned = self._load_unlearned(device, dtype)
         self.lm = HFLanguageModel(
-            self.original, self.tokenizer, self.info, batch_size=eval_batch_size, progress=progress
+            self._original, self.tokenizer, self.info, batch_size=eval_batch_size, progress=progress
         )
+
+    def _load_original_model(self):
+        from rwku.models.resolve import load_model
+
+        return load_model(self._spec, dtype=self._dtype, device=self._device, trust_remote_code=self._trust)
+
+    @property
+    def original(self):
+        """The original model, loaded again if the unlearned one took its place (module doc)."""
+        if self._original is None:
+            self._drop("unlearned")
+            self._original = self._load_original_model().model.eval()
+            self.loads["original"] += 1
+            self.lm.model = self._original
+        return self._original
+
+    @property
+    def unlearned(self):
+        """The unlearned model, made in place of the original if the run has weights (module doc)."""
+        if self.run.weights is None:  # inference-time method: the original weights
+            return self.original
+        if self._unlearned is None:
+            self._unlearned = self._load_unlearned()
+            self.loads["unlearned"] += 1
+            self.lm.model = self._unlearned
+        return self._unlearned
+
+    def _drop(self, which: str) -> None:
+        """Forget the ``which`` model held (and the engine's reference to it) so its memory frees."""
+        from rwku.models.packed import release_packed
+
+        held = self._original if which == "original" else self._unlearned
+        if held is None:
+            return
+        release_packed(held)
+        if self.lm.model is held:
+            self.lm.model = None
+        if which == "original":
+            self._original = None
+        else:
+            self._unlearned = None
+        del held
+        gc.collect()
 
     @property
     def fingerprint(self) -> str:
         return str(self.info.get("fingerprint") or "unknown")
 
-    def _load_unlearned(self, device: str, dtype: str):
+    def _load_unlearned(self):
+        """The run's unlearned model, replacing the original in memory (module doc)."""
         import torch
 
         weights = self.run.weights
-        if weights is None:  # inference-time method: the original weights
-            return self.original
         if (weights / "adapter_config.json").is_file():
             from peft import PeftModel
 
             from rwku.methods.modes import quiet_peft
+            from rwku.models.packed import release_packed
 
+            base = self.original
+            release_packed(base)  # its weights are about to change
+            self._original = None  # merged in place: from here on it is the unlearned model
+            if self.lm.model is base:
+                self.lm.model = None
             with quiet_peft():
-                merged = PeftModel.from_pretrained(self.fresh("original"), str(weights)).merge_and_unload()
+                merged = PeftModel.from_pretrained(base, str(weights)).merge_and_unload()
             return merged.eval()
         from transformers import AutoModelForCausalLM
 
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+        self._drop("original")
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+            self._dtype
+        ]
         model = AutoModelForCausalLM.from_pretrained(str(weights), use_safetensors=True, dtype=torch_dtype)
-        return model.to(device).eval()
+        return model.to(self._device).eval()
 
     def model(self, which: str):
         """The ``original`` or ``unlearned`` model itself (shared: whoever changes it restores it)."""

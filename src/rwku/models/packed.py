@@ -28,8 +28,8 @@ Packed weights are a second copy of every weight, so they are kept for **one idl
 time**: entering :func:`packed_linears` for a model drops those of every other model packed
 before it that is not inside its own context. A process that evaluates an original and an
 unlearned model (the attacks, a sweep) then holds one packed copy, not one per model. On the
-1.5B model a copy is ~6 GB in float32 (1.54B weights × 4 bytes): the attacks' two models with
-a packed copy each would need ~25 GB, more than the 24 GB machine has; a repack costs
+1.5B model a copy is ~6 GB in float32 (1.54B weights × 4 bytes): two models with a packed copy
+each would need ~25 GB, more than the 24 GB machine has; a repack costs
 seconds.
 
 Mixture-of-experts blocks keep their experts as 3-D parameters (``gate_up_proj`` [E, 2I, H],
