@@ -71,6 +71,7 @@ def attack_run(
     from rwku.attacks.subject import AttackSubject
     from rwku.data import open_data
     from rwku.evaluation.cache import ResultCache
+    from rwku.methods.trainer import peak_rss_mb
 
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack {attack!r}; choose from: {', '.join(ATTACKS)}")
@@ -118,6 +119,9 @@ def attack_run(
         "run_dir": str(path),
         "targets": records,
         "seconds": round(time.perf_counter() - started, 1),
+        # the process's peak resident memory so far (in a sweep: its training too), for the
+        # memory notes of docs/models.md; the subject holds one model at a time
+        "peak_memory_mb": round(peak_rss_mb(), 1),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if write:

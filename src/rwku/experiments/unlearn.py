@@ -591,11 +591,9 @@ def write_run_files(
 
 
 def _peak_rss_mb() -> float:
-    import resource
-    import sys
+    from rwku.methods.trainer import peak_rss_mb
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+    return peak_rss_mb()
 
 
 def run_unlearning(

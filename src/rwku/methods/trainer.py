@@ -282,7 +282,7 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
@@ -867,6 +867,6 @@ def _close(
         bar.close()
     model.train(was_training)
     report.seconds = time.perf_counter() - t0
-    report.peak_rss_mb = _peak_rss_mb()
+    report.peak_rss_mb = peak_rss_mb()
     if device.type == "cuda":
         report.peak_cuda_mb = torch.cuda.max_memory_allocated(device) / 2**20
