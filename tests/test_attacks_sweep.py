@@ -102,15 +102,26 @@ def test_recovery_beyond_the_control_is_paired_per_target():
     from rwku.reporting.aggregate import RunData
     from rwku.reporting.robustness import relearn_table
 
-    def target(r10: float, r50: float, t50: float) -> dict:
-        point = lambda step, r: {"step": step, "recovery": {"ll": r, "all": None}}  # noqa: E731
+    def target(r10: float, r50: float, t50: float, orig: float = 10.0, unl: float = 2.0) -> dict:
+        """A record whose raw likelihoods agree with its R and T (R = gain / (orig − unl))."""
+        removed = orig - unl
+        point = lambda step, r: {  # noqa: E731
+            "step": step,
+            "recovery": {"ll": r, "all": None},
+            "metrics": {"ll": unl + r * removed},
+        }
         return {
+            "original": {"ll": orig},
+            "unlearned": {"ll": unl},
             "curves": {
                 "related": {
                     "unlearned": [point(0, 0.0), point(10, r10), point(50, r50)],
-                    "original": [{"step": 0, "teaching": {"ll": 0.0}}, {"step": 50, "teaching": {"ll": t50}}],
+                    "original": [
+                        {"step": 0, "teaching": {"ll": 0.0}, "metrics": {"ll": orig}},
+                        {"step": 50, "teaching": {"ll": t50}, "metrics": {"ll": orig + t50 * removed}},
+                    ],
                 }
-            }
+            },
         }
 
     cell = {
@@ -126,17 +137,31 @@ def test_recovery_beyond_the_control_is_paired_per_target():
         for name, rec in (
             ("A", target(0.1, 0.5, 0.1)),
             ("B", target(0.2, 0.3, 0.2)),
-            ("C", target(0.0, 0.4, -0.2)),
+            ("C", target(0.0, 0.4, -0.2, orig=4.0, unl=3.5)),
         )
     ]
     run = RunData(Path("."), None, results, [], [], [], [])
     table = relearn_table(run)
     row = table.relearn_rows[0]
     assert row.label.endswith("· related") and row.n == 3
-    assert table.relearn_columns == ["R% LL@10", "R% LL@50", "R% All@50", "T% LL@50", "R−T% LL@50"]
+    assert table.relearn_columns == [
+        "R% LL@10",
+        "R% LL@50",
+        "R% All@50",
+        "T% LL@50",
+        "R−T% LL@50",
+        "removed LL",
+        "ΔLL@50",
+        "ΔLL−ctl@50",
+    ]
     assert row.values["R% LL@50"].mean == pytest.approx(40.0)
     assert row.values["T% LL@50"].mean == pytest.approx(100 * (0.1 + 0.2 - 0.2) / 3)
     beyond = row.values["R−T% LL@50"]
     assert beyond.mean == pytest.approx(100 * (0.4 + 0.1 + 0.6) / 3)
     # its interval is that of the paired differences (sd 25 points, n 3), not of R and T apart
     assert beyond.ci == pytest.approx(4.302653 * 25.166115 / 3**0.5, rel=1e-4)
+    # the same in raw likelihood points: removed 8, 8, 0.5; gained 4, 2.4, 0.2; beyond the
+    # control's gain (0.8, 1.6, -0.1): 3.2, 0.8, 0.3 — a small denominator no longer dominates
+    assert row.values["removed LL"].mean == pytest.approx((8 + 8 + 0.5) / 3)
+    assert row.values["ΔLL@50"].mean == pytest.approx((4.0 + 2.4 + 0.2) / 3)
+    assert row.values["ΔLL−ctl@50"].mean == pytest.approx((3.2 + 0.8 + 0.3) / 3)

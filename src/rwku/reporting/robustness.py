@@ -5,7 +5,11 @@ Reads the ``attacks`` records of a sweep's cells (a sweep YAML with ``attacks:``
 * the **relearning table**: per method group and data kind, the recovery R (in %, mean ± CI
   over targets) of the gold-answer likelihood at every budget, of ROUGE (All) at the last
   budget, the original-model control's teaching ratio T at the last budget, and R − T paired
-  per target (what comes back beyond what the data teaches, with its own interval);
+  per target (what comes back beyond what the data teaches, with its own interval); then the
+  same story in raw likelihood points, which stays readable when R's denominator is small (a
+  method that removed 0.5 points has R in the thousands after any training): what unlearning
+  removed from the held-out half, what the attack gave back, and that gain minus the
+  control's gain on the original model, paired per target;
 * the **in-context table**: per method group, the gain (×100 points, mean ± CI over targets)
   that each context gives the unlearned model, and the answer context's gain on the original;
 * the **figure**: R of the likelihood against relearning steps, one panel per data kind, one
@@ -85,11 +89,15 @@ def relearn_table(run: RunData, confidence: float = 0.95) -> Robustness:
         f"R% All@{last}",
         f"T% LL@{last}",
         f"R−T% LL@{last}",
+        "removed LL",
+        f"ΔLL@{last}",
+        f"ΔLL−ctl@{last}",
     ]
     controls: dict[str, dict[int, list[float | None]]] = {}
     for key, records in groups.items():
         for kind in KIND_ORDER:
-            curves = [r["curves"][kind] for r in records if "unlearned" in r["curves"].get(kind, {})]
+            kept = [r for r in records if "unlearned" in r["curves"].get(kind, {})]
+            curves = [r["curves"][kind] for r in kept]
             if not curves:
                 continue
 
@@ -117,6 +125,32 @@ def relearn_table(run: RunData, confidence: float = 0.95) -> Robustness:
                 return None if r is None or t is None else _pct(r - t)
 
             values[f"R−T% LL@{last}"] = mean_ci([beyond(c) for c in curves], confidence)
+
+            def gain(entry: list[dict], start: float | None) -> float | None:  # raw points at `last`
+                end = next((p["metrics"].get("ll") for p in entry if p["step"] == last), None)
+                return None if end is None or start is None else end - start
+
+            def ll(r: dict, which: str) -> float | None:
+                return (r.get(which) or {}).get("ll")
+
+            values["removed LL"] = mean_ci(
+                [
+                    None
+                    if ll(r, "original") is None or ll(r, "unlearned") is None
+                    else ll(r, "original") - ll(r, "unlearned")
+                    for r in kept
+                ],
+                confidence,
+            )
+            attacked = [gain(c["unlearned"], ll(r, "unlearned")) for r, c in zip(kept, curves, strict=True)]
+            control = [
+                gain(c.get("original", []), ll(r, "original")) for r, c in zip(kept, curves, strict=True)
+            ]
+            values[f"ΔLL@{last}"] = mean_ci(attacked, confidence)
+            values[f"ΔLL−ctl@{last}"] = mean_ci(
+                [None if a is None or c is None else a - c for a, c in zip(attacked, control, strict=True)],
+                confidence,
+            )
             label = f"{label_for(key)} · {kind}"
             out.relearn_rows.append(Row(label, key, len(curves), values))
             out.curves[(kind, label_for(key))] = [(0, Stat(0.0, None, len(curves)))] + [
@@ -199,8 +233,10 @@ def markdown(rob: Robustness, to_markdown) -> list[str]:
             "Recovery R (%) of what unlearning removed, on the held-out half of the forget probes, after "
             "relearning for the given steps; T = the same attack's gain on the original model (how much "
             "the data teaches by itself); R−T = R minus T per target, averaged (recovery beyond what the "
-            "data teaches). – = not measurable (less than 0.5 points forgotten). "
-            "docs/attacks.md explains every column.",
+            "data teaches). – = not measurable (less than 0.5 points forgotten). The last three columns in "
+            "likelihood points (×100): what unlearning removed from the held-out half, what the attack gave "
+            "back (ΔLL), and that minus the same attack's gain on the original model, paired per target "
+            "(readable where R's denominator is small). docs/attacks.md explains every column.",
             "",
             to_markdown(rob.relearn_rows, rob.relearn_columns),
             "",
