@@ -7,6 +7,7 @@ attacked on the same target pays); the in-context attack runs once. Prints a tab
 model and flags, and writes JSON if asked.
 
     PYTHONPATH=src python scripts/bench_attacks.py --run results/demo/run --json docs/results/bench-attacks.json
+    PYTHONPATH=src python scripts/bench_attacks.py --kinds split --threads 2 --no-incontext   # one kind
 """
 
 from __future__ import annotations
@@ -44,22 +45,34 @@ def main() -> int:
         "--data", default=os.environ.get("RWKU_DATA") or str(ROOT.parent / "shared" / "data" / "rwku")
     )
     parser.add_argument("--mode", default="full")
+    parser.add_argument(
+        "--kinds", default="split,related,unrelated", help="relearning data kinds (default: all three)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-incontext", action="store_true", help="time the relearning attack only")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
 
     from rwku.attacks.relearn import RelearnOptions
     from rwku.attacks.runner import attack_run
 
     rows = []
+    from rwku.models.resolve import model_cache_dir
+
+    models = model_cache_dir()  # the converted model is kept: a user attacking a run has it
     with tempfile.TemporaryDirectory() as cache:
+        if models.is_dir():
+            (Path(cache) / "models").symlink_to(models, target_is_directory=True)
         os.environ["RWKU_CACHE"] = cache  # fresh controls and original-model numbers
         for label in ("relearn (controls computed)", "relearn (controls cached)"):
             t0 = time.perf_counter()
             rec = attack_run(
                 "relearn",
                 args.run,
-                relearn=RelearnOptions(mode=args.mode),
+                relearn=RelearnOptions(mode=args.mode, kinds=kinds),
                 data=args.data,
+                threads=args.threads,
                 progress=False,
                 write=False,
             )
@@ -68,10 +81,13 @@ def main() -> int:
             rows.append(
                 {"part": label, "seconds": round(wall, 1), **{k: v for k, v in t.items() if k != "total"}}
             )
-        t0 = time.perf_counter()
-        attack_run("incontext", args.run, data=args.data, progress=False, write=False)
-        rows.append({"part": "incontext", "seconds": round(time.perf_counter() - t0, 1)})
-    print(f"machine: {cpu_flags()}")
+        if not args.no_incontext:
+            t0 = time.perf_counter()
+            attack_run(
+                "incontext", args.run, data=args.data, threads=args.threads, progress=False, write=False
+            )
+            rows.append({"part": "incontext", "seconds": round(time.perf_counter() - t0, 1)})
+    print(f"machine: {cpu_flags()}; torch threads {args.threads or 'default'}; kinds {','.join(kinds)}")
     print("| part | seconds | split | related | unrelated |")
     print("|---|---|---|---|---|")
     for r in rows:
@@ -79,7 +95,13 @@ def main() -> int:
             f"| {r['part']} | {r['seconds']} | {r.get('split', '')} | {r.get('related', '')} | {r.get('unrelated', '')} |"
         )
     if args.json:
-        args.json.write_text(json.dumps({"machine": cpu_flags(), "rows": rows}, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {"machine": cpu_flags(), "threads": args.threads, "kinds": list(kinds), "rows": rows},
+                indent=1,
+            )
+            + "\n"
+        )
     return 0
 
 
