@@ -278,6 +278,14 @@ def test_a_locked_cell_is_left_to_its_holder(tiny_model_dir, data_dir, tmp_path,
     plan = expand_grid(tiny_grid(tiny_model_dir, methods=["icu"]), resolve_target=resolve)
     out = tmp_path / "out"
     taken = plan.cells[0]
+    # what killed runs of both cells left: a scratch run folder each, a half-written result
+    scratch = {c.id: out / f"rwku-{c.digest}-killed" / "run" for c in plan.cells[:2]}
+    for folder in scratch.values():
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text("{}")
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    stale_tmp = out / "cells" / f".{plan.cells[1].id}.json.123.tmp"
+    stale_tmp.write_text("{")
     with cell_lock(out, taken.id) as mine:
         assert mine
         with cell_lock(out, taken.id) as again:  # flock is per open file: a second open is refused
@@ -286,10 +294,14 @@ def test_a_locked_cell_is_left_to_its_holder(tiny_model_dir, data_dir, tmp_path,
     assert summary.busy == [taken.id] and not summary.ok
     assert not (out / "cells" / f"{taken.id}.json").exists()
     assert (out / "cells" / f"{plan.cells[1].id}.json").exists()
+    # the cell it ran had its leftovers removed; the locked cell's scratch belongs to its holder
+    assert not scratch[plan.cells[1].id].parent.exists() and not stale_tmp.exists()
+    assert (scratch[taken.id] / "run.json").exists()
     holder = json.loads((out / "locks" / f"{taken.id}.lock").read_text())
     assert holder["pid"] == os.getpid()
     summary = run_sweep(plan, out, opts=RunOptions(data=str(data_dir), log=lambda m: None))
     assert summary.ok and summary.finished_now == 1
+    assert not scratch[taken.id].parent.exists()
 
 
 def test_a_failing_cell_is_recorded_and_retried_without_stopping_the_sweep(

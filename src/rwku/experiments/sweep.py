@@ -150,10 +150,16 @@ def cell_lock(out: Path, cell_id: str) -> Iterator[bool]:
         os.close(fd)
 
 
-def _remove_stale_temps(out: Path, cell_id: str) -> None:
-    """Temporary files of a write that was killed before its rename (only called under the lock)."""
-    for tmp in (out / CELLS_DIR).glob(f".{cell_id}.json.*.tmp"):
+def _remove_stale_temps(out: Path, cell: Cell) -> None:
+    """What a killed run of this cell left behind (only called under the cell's lock): temporary
+    files of a write killed before its rename, and the scratch run folder of a cell with attacks
+    (``rwku-<digest>-*``: the unlearned weights, 0.5 GB on the default model), which the run
+    removes itself when it ends in any way but SIGKILL or a machine going down."""
+    for tmp in (out / CELLS_DIR).glob(f".{cell.id}.json.*.tmp"):
         tmp.unlink(missing_ok=True)
+    for scratch in out.glob(f"rwku-{cell.digest}-*"):
+        if scratch.is_dir():
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +466,7 @@ def run_sweep(
             if is_finished(out, cell):  # finished by another runner since we looked
                 progress.done_before += 1
                 continue
-            _remove_stale_temps(out, cell.id)
+            _remove_stale_temps(out, cell)
             opts.log(f"running {cell.id} ({cell.label()}, targets: {', '.join(cell.targets)})")
             try:
                 result = run_cell(cell, out, opts)
@@ -585,7 +591,7 @@ def run_with_ray(
                 stack.close()
                 progress.done_before += 1
                 continue
-            _remove_stale_temps(out, cell.id)
+            _remove_stale_temps(out, cell)
             in_flight[task.remote(cell.to_dict(), opts_dict)] = (cell, stack)
             return True
         return False
