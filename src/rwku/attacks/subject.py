@@ -4,10 +4,10 @@ An attack needs the *original* model (for the controls and the denominator of R)
 *unlearned* one, each fresh for every fine-tuning run (relearning changes the weights in
 place). :func:`open_run` reads a run folder written by ``rwku run``/``rwku unlearn``/a sweep
 with ``save_runs`` and says, per target, which weights belong to it; :class:`AttackSubject`
-loads the original model once and hands out copies:
+holds one of the two at a time (below) and hands out copies:
 
 * a full or partial run's ``weights/`` folder is a whole model: loaded once and copied;
-* a LoRA run's adapter is merged into a copy of the original (the attacker then fine-tunes a
+* a LoRA run's adapter is merged into the original in place (the attacker then fine-tunes a
   plain model, in whatever mode the attack uses);
 * an inference-time run (ICU, RepE) keeps the original weights: the unlearned model is the
   original plus the run's prompt prefix (ICU) or steering hooks (RepE, with the control
@@ -218,22 +218,25 @@ class AttackSubject:
             self.lm.model = self._unlearned
         return self._unlearned
 
-    def _drop(self, which: str) -> None:
-        """Forget the ``which`` model held (and the engine's reference to it) so its memory frees."""
+    def _forget(self, which: str):
+        """Stop holding the ``which`` model (and the engine's reference to it); return it."""
         from rwku.models.packed import release_packed
 
         held = self._original if which == "original" else self._unlearned
-        if held is None:
-            return
-        release_packed(held)
-        if self.lm.model is held:
-            self.lm.model = None
+        if held is not None:
+            release_packed(held)  # stale once its weights change, and a second copy of them
+            if self.lm.model is held:
+                self.lm.model = None
         if which == "original":
             self._original = None
         else:
             self._unlearned = None
-        del held
-        gc.collect()
+        return held
+
+    def _drop(self, which: str) -> None:
+        """Forget the ``which`` model so its memory frees before the other one is made."""
+        if self._forget(which) is not None:
+            gc.collect()
 
     @property
     def fingerprint(self) -> str:
@@ -248,13 +251,9 @@ class AttackSubject:
             from peft import PeftModel
 
             from rwku.methods.modes import quiet_peft
-            from rwku.models.packed import release_packed
 
-            base = self.original
-            release_packed(base)  # its weights are about to change
-            self._original = None  # merged in place: from here on it is the unlearned model
-            if self.lm.model is base:
-                self.lm.model = None
+            base = self.original  # loaded again if an earlier unlearned model had replaced it
+            self._forget("original")  # merged in place: from here on it is the unlearned model
             with quiet_peft():
                 merged = PeftModel.from_pretrained(base, str(weights)).merge_and_unload()
             return merged.eval()
