@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,55 @@ def test_cache_returns_identical_scores(tiny_model_dir, data_dir, isolated_cache
     assert fresh["cached_suites"] == []
 
 
+def test_a_suite_is_cached_by_its_own_items(tiny_model_dir, data_dir, isolated_cache):
+    """Another utility slice, or fewer suites, finds the forget result again; a change to the
+    forget items themselves does not."""
+    kwargs = dict(model=str(tiny_model_dir), target="1", data=str(data_dir), progress=False)
+    first = run_evaluation(**kwargs, parts=["forget", "mmlu"], cfg=EvalConfig(limit=2, utility_limit=1))
+    wider = run_evaluation(**kwargs, parts=["forget", "mmlu"], cfg=EvalConfig(limit=2, utility_limit=2))
+    assert first["cached_suites"] == [] and wider["cached_suites"] == ["forget"]
+    assert wider["scores"]["forget"] == json.loads(json.dumps(first["scores"]["forget"]))
+    assert len(first["items"]["mmlu"]) == 1 and len(wider["items"]["mmlu"]) == 2
+    alone = run_evaluation(**kwargs, parts=["forget"], cfg=EvalConfig(limit=2))
+    assert alone["cached_suites"] == ["forget"]
+    more = run_evaluation(**kwargs, parts=["forget"], cfg=EvalConfig(limit=3))
+    assert more["cached_suites"] == [] and len(more["items"]["forget"]) > len(first["items"]["forget"])
+    prefixed = run_evaluation(**kwargs, parts=["forget"], cfg=EvalConfig(limit=2, prompt_prefix="Hi. "))
+    assert prefixed["cached_suites"] == []  # an option that changes the prompts is in the key
+
+
+def test_an_entry_under_the_old_key_is_read_and_kept_under_the_new_one(tiny_lm, data_dir, tmp_path):
+    """Results cached before suites were keyed by their own items (the whole target's data and
+    the limits were in the key) are adopted, not recomputed."""
+    from rwku import PROTOCOL
+    from rwku.data import open_data
+    from rwku.evaluation.cache import ResultCache
+    from rwku.evaluation.runner import PART_DATA, PARTS, evaluate
+
+    assert set(PART_DATA) == set(PARTS)
+    data = open_data(str(data_dir)).load_target("1").limited(2)
+    cfg = EvalConfig(utility_limit=1)
+    sliced = replace(data, mmlu=data.mmlu[:1], bbh=data.bbh[:1], truthful=data.truthful[:1],
+                     triviaqa=data.triviaqa[:1], fluency=data.fluency[:1])  # fmt: skip
+    cache = ResultCache(tmp_path)
+    old = ResultCache.key(
+        model="fp", protocol=PROTOCOL, target=data.target.name, suite="forget",
+        config=cfg.legacy_key(), data=sliced.fingerprint(),
+    )  # fmt: skip
+    marker = {"fb": 12.5, "qa": 0.0, "aa": 0.0, "all": 4.2}
+    cache.put(old, {"scores": marker, "items": {"forget": []}, "seconds": 1.0})
+    result = evaluate(tiny_lm, data, suites="forget", cfg=cfg, cache=cache, model_fingerprint="fp")
+    assert result["cached_suites"] == ["forget"] and result["scores"]["forget"] == marker
+    new = ResultCache.key(
+        model="fp", protocol=PROTOCOL, target=data.target.name, suite="forget",
+        config=cfg.key(), data=data.fingerprint(PART_DATA["forget"]),
+    )  # fmt: skip
+    assert cache.get(new)["scores"] == marker
+    (tmp_path / f"{old}.json").unlink()
+    again = evaluate(tiny_lm, data, suites="forget", cfg=cfg, cache=cache, model_fingerprint="fp")
+    assert again["cached_suites"] == ["forget"] and again["scores"]["forget"] == marker
+
+
 def test_batched_shared_prefix_generation_matches_plain_generate(tiny_lm):
     head = tiny_lm.chat_prompt("The same long shared instruction for every question. " * 4)
     prompts = [head + tail for tail in ["Q: one", "Q: a longer second question here", "Q: 3", "x"]]
@@ -155,7 +205,7 @@ def test_cache_lock_makes_a_second_process_wait_and_read_the_entry(tmp_path):
     key = ResultCache.key(model="m", target="t", suite="forget")
     other = ctx.Process(target=_hold_lock, args=(str(tmp_path), key, ready, release))
     other.start()
-    assert ready.wait(60), "the other process never took the lock"
+    assert ready.wait(300), "the other process never took the lock"  # spawning is slow under load
     cache = ResultCache(tmp_path)
     seen: list = []
 

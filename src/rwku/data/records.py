@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -362,14 +362,22 @@ class TargetData:
         """The whole target as plain JSON data (the canonical form hashed by :meth:`fingerprint`)."""
         return _jsonable(self)
 
-    def fingerprint(self) -> str:
-        """SHA-256 (hex) of a canonical JSON of every record.
+    def fingerprint(self, fields: Sequence[str] | None = None) -> str:
+        """SHA-256 (hex) of a canonical JSON of every record, or of the target and ``fields``.
 
         Results are cached under this key: it changes exactly when any probe, answer or
         utility item changes (including a ``limited`` subset), and not with the file layout
-        or location the data was read from.
+        or location the data was read from. With ``fields`` (names of this class's lists, e.g.
+        ``("forget",)``) only those lists and the target count, so one suite's cached result
+        survives a change to another suite's items (a different utility slice, say).
         """
-        payload = {"format": _FINGERPRINT_FORMAT, "data": self.to_json()}
+        data = self.to_json()
+        if fields is not None:
+            unknown = sorted(set(fields) - set(data) - {"target"})
+            if unknown:
+                raise ValueError(f"TargetData has no field(s) {unknown}")
+            data = {"target": data["target"], **{f: data[f] for f in fields}}
+        payload = {"format": _FINGERPRINT_FORMAT, "data": data}
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

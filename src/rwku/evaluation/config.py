@@ -48,6 +48,15 @@ class EvalConfig:
 
     def key(self) -> str:
         """Cache key of the built-in suites: the lm-eval options are left out (they do not change
-        those numbers, and a result cached before they existed keeps its key)."""
+        those numbers), and so are ``limit`` and ``utility_limit`` — they only choose items, and
+        the items a suite reads are keyed by their own fingerprint (``TargetData.fingerprint``),
+        so a forget result is found again whatever utility slice came with it."""
+        skip = (*LM_EVAL_FIELDS, "limit", "utility_limit")
+        values = {k: v for k, v in asdict(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+    def legacy_key(self) -> str:
+        """The key results were cached under until 2026-11-29 (limits included), read as a
+        fallback so a cache written then is not recomputed."""
         values = {k: v for k, v in asdict(self).items() if k not in LM_EVAL_FIELDS}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]

@@ -34,6 +34,18 @@ PARTS: dict[str, Callable[..., SuiteResult]] = {
     "fluency": fluency.run,
 }
 
+#: The ``TargetData`` lists each part reads: its cache entry is keyed by their fingerprint only.
+PART_DATA: dict[str, tuple[str, ...]] = {
+    "forget": ("forget",),
+    "neighbor": ("neighbor",),
+    "mmlu": ("mmlu",),
+    "bbh": ("bbh",),
+    "truthfulqa": ("truthful",),
+    "triviaqa": ("triviaqa",),
+    "mia": ("forget_mia", "retain_mia"),
+    "fluency": ("fluency",),
+}
+
 
 def expand_suites(suites: Sequence[str] | str | None) -> list[str]:
     """'forget,utility' → the runnable parts; unknown names are a ConfigError listing the valid ones."""
@@ -88,11 +100,18 @@ def evaluate(
     timings: dict[str, float] = {}
     cached: list[str] = []
 
-    def run_part(part: str, compute: Callable[[], SuiteResult], **key_parts) -> None:
+    def run_part(
+        part: str, compute: Callable[[], SuiteResult], legacy: dict | None = None, **key_parts
+    ) -> None:
         key = cache.key(model=model_fingerprint, protocol=PROTOCOL, **key_parts) if cacheable else None
         # another process computing the same entry (a parallel sweep shard) is waited for
         with cache.lock(key) if key is not None else nullcontext():
             hit = cache.get(key) if key is not None else None
+            if hit is None and key is not None and legacy is not None:
+                # written before parts were keyed by their own items: adopt it under the new key
+                hit = cache.get(cache.key(model=model_fingerprint, protocol=PROTOCOL, **legacy))
+                if hit is not None:
+                    cache.put(key, hit)
             if hit is not None:
                 results[part] = SuiteResult(scores=hit["scores"], items=hit["items"])
                 timings[part] = hit["seconds"]
@@ -121,7 +140,8 @@ def evaluate(
             target=data.target.name,
             suite=part,
             config=cfg.key(),
-            data=data_fp,
+            data=data.fingerprint(PART_DATA[part]),
+            legacy=dict(target=data.target.name, suite=part, config=cfg.legacy_key(), data=data_fp),
         )
     if cfg.lm_eval_tasks:
         from rwku.evaluation import lm_eval_backend
