@@ -552,3 +552,19 @@ def test_report_of_an_moe_sweep_has_the_routing_table_and_figure(
     assert (report.out / "plots" / "routing_shift.png").read_bytes().startswith(b"\x89PNG")
     assert "\\toprule" in (report.out / "routing.tex").read_text()
     assert "Routing shift (mixture-of-experts runs)" in (report.out / "report.html").read_text()
+    # `rwku compare` pairs the routing columns per target, from the same training reports
+    from rwku.reporting.aggregate import load_run
+    from rwku.reporting.compare import compare
+
+    cmp = compare(load_run(out), label["expert"], label["full"])
+    shift = {r.column: r for r in cmp.rows}["F-chg%"]
+    by_target: dict[tuple[str, str], float] = {}
+    for f in sorted((out / "cells").glob("*.json")):
+        cell = json.loads(f.read_text())
+        if not cell["cell"]["options"].get("anchor"):
+            training = cell["record"]["run"]["hyperparameters"]["training"]
+            mean = training["routing"]["forget"]["shift"]["mean"]["changed_tokens"]
+            by_target[(cell["cell"]["mode"], cell["cell"]["targets"][0])] = 100 * mean
+    assert sorted(shift.per_target) == ["Confucius", "Stephen King"]
+    for t, (a, b) in shift.per_target.items():
+        assert a == pytest.approx(by_target[("expert", t)]) and b == pytest.approx(by_target[("full", t)])

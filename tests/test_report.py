@@ -364,6 +364,59 @@ def test_delta_table_is_after_minus_before_paired_per_target(run_dir):
     assert batch.n == 2 and batch.values["ΔF-All"].n == 2
 
 
+def test_compare_pairs_two_rows_per_target(run_dir, tmp_path):
+    """`rwku compare`: A − B per target from the cell files, its t-interval, the count of targets
+    where A is lower; a batch row pairs by target too; an unknown row is one line, exit 2."""
+    from rwku.reporting.compare import compare
+
+    run = agg.load_run(run_dir)
+    a, b = "NPO (lora) lr=0.001", "GA (partial) layers=0-1, lr=0.001"
+    assert {a, b} <= set(agg.label_for(k) for k in agg.grouped(run))
+    cmp = compare(run, a, b)
+    assert sorted(cmp.targets) == ["Confucius", "Stephen King"]
+    rows = {r.column: r for r in cmp.rows}
+
+    def after(method: str, layers: str | None) -> dict[str, dict]:
+        out = {}
+        for c in cells(run_dir):
+            cell = c["cell"]
+            if (
+                cell["setting"] == "single"
+                and cell["method"] == method
+                and cell["params"].get("layers") == layers
+            ):
+                out[cell["targets"][0]] = (c["record"]["before"], c["record"]["after"])
+        return out
+
+    npo, ga = after("npo", None), after("ga", "0-1")
+    for col in ("F-All", "N-All", "MIA-FM", "F-LL", "Flu"):
+        diffs = {t: table_values(npo[t][1])[col] - table_values(ga[t][1])[col] for t in cmp.targets}
+        got = rows[col]
+        assert got.diffs == pytest.approx(diffs)
+        want = agg.mean_ci(diffs.values())
+        assert got.diff.mean == pytest.approx(want.mean) and got.diff.ci == pytest.approx(want.ci)
+        assert got.below == sum(d < 0 for d in diffs.values())
+    for t in cmp.targets:  # relative likelihood change, per target, in points
+        before = table_values(npo[t][0])["F-LL"]
+        rel = [100 * (table_values(x[t][1])["F-LL"] / before - 1) for x in (npo, ga)]
+        assert rows["F-LL %"].per_target[t] == pytest.approx(tuple(rel))
+    batch = compare(run, "NPO (lora) lr=0.001 [batch k=2]", a)
+    assert sorted(batch.targets) == ["Confucius", "Stephen King"]
+
+    res = runner.invoke(
+        app,
+        ["compare", str(run_dir), a, b, "--csv", str(tmp_path / "p.csv"), "--json", str(tmp_path / "p.json")],
+    )
+    assert res.exit_code == 0, res.output
+    assert "| F-All |" in res.output and "2 target(s)" in res.output
+    saved = json.loads((tmp_path / "p.json").read_text())
+    assert saved["columns"]["F-All"]["a_minus_b"] == pytest.approx(rows["F-All"].diff.mean)
+    lines = list(csv.DictReader(io.StringIO((tmp_path / "p.csv").read_text())))
+    assert {r["target"] for r in lines if r["column"] == "F-All"} == {"Stephen King", "Confucius", "*"}
+    bad = runner.invoke(app, ["compare", str(run_dir), "NPO (full)", b])
+    assert bad.exit_code == 2 and "no row 'NPO (full)'" in bad.output and a in bad.output
+
+
 def test_attack_type_changes_are_paired_and_values_over_fewer_targets_show_their_n(run_dir):
     run = agg.load_run(run_dir)
     types, _ = agg.attack_types(run)

@@ -117,7 +117,41 @@ def report(
     typer.echo(f"report written to {result.out} ({len(result.files)} files; open report.html)", err=True)
 
 
+def compare(
+    run_dir: Annotated[Path, typer.Argument(help="A sweep's output directory.")],
+    a: Annotated[str, typer.Argument(help="Row A, as Table 1 labels it (e.g. 'GA (expert) anchor=1').")],
+    b: Annotated[str, typer.Argument(help="Row B (e.g. 'GA (full)').")],
+    confidence: Annotated[
+        float, typer.Option(min=0.5, max=0.999, help="Confidence level of the intervals.")
+    ] = 0.95,
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="Also write every per-target difference as CSV.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the comparison as JSON.")
+    ] = None,
+) -> None:
+    """Two rows of a sweep paired per target: A − B per column, its interval, and on how many
+    targets A is below B (a row's own interval mostly measures how the targets differ)."""
+    from rwku.io import atomic_write_json
+    from rwku.reporting.aggregate import load_run
+    from rwku.reporting.compare import compare as pair
+    from rwku.reporting.compare import summary, to_csv, to_markdown
+
+    try:
+        cmp = pair(load_run(run_dir), a, b, confidence)
+    except RwkuError as err:
+        _fail(err)
+    typer.echo(to_markdown(cmp))
+    if csv_out is not None:
+        csv_out.parent.mkdir(parents=True, exist_ok=True)
+        csv_out.write_text(to_csv(cmp), encoding="utf-8")
+    if json_out is not None:
+        atomic_write_json(json_out, summary(cmp))
+
+
 def register(app: typer.Typer) -> None:
     """Add the commands to the main ``rwku`` app."""
     app.command("sweep")(sweep)
     app.command("report")(report)
+    app.command("compare")(compare)
