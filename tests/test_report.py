@@ -417,6 +417,35 @@ def test_compare_pairs_two_rows_per_target(run_dir, tmp_path):
     assert bad.exit_code == 2 and "no row 'NPO (full)'" in bad.output and a in bad.output
 
 
+def test_cost_table_is_the_mean_of_the_cells_timings_and_own_peaks(run_dir, tmp_path):
+    """The cost section: per row, the cells' training / evaluation seconds and peak memory; a
+    record whose peak is the process's lifetime (no `peak_memory_scope: run`) gives no memory."""
+    from rwku.reporting import cost
+
+    files = _single_npo(run_dir)
+    assert all(c["record"]["run"]["peak_memory_scope"] == "run" for c in files)
+    table = cost.cost_table(agg.load_run(run_dir))
+    row = {r.label: r for r in table.rows}["NPO (lora) lr=0.001"]
+    assert row.n == 2
+    train = [c["record"]["run"]["timings"]["train"] for c in files]
+    assert row.values["train s"].mean == pytest.approx(sum(train) / 2)
+    peaks = [c["record"]["run"]["peak_memory_mb"] / 1024 for c in files]
+    assert row.values["peak GB"].mean == pytest.approx(sum(peaks) / 2) and row.values["peak GB"].n == 2
+    # the same cells with lifetime peaks (written before the scope existed): memory left out
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old, ignore=shutil.ignore_patterns("report"))
+    for f in (old / "cells").glob("*.json"):
+        cell = json.loads(f.read_text())
+        cell["record"]["run"].pop("peak_memory_scope", None)
+        f.write_text(json.dumps(cell))
+    row = {r.label: r for r in cost.cost_table(agg.load_run(old)).rows}["NPO (lora) lr=0.001"]
+    assert row.values["train s"].n == 2 and "peak GB" not in row.values  # no cell measured its own
+    report = write_report(old, tmp_path / "rep")
+    assert "## Cost" in (report.out / "report.md").read_text()
+    lines = list(csv.DictReader(io.StringIO((report.out / "cost.csv").read_text())))
+    assert {r["label"] for r in lines} >= {"NPO (lora) lr=0.001", "ICU"}
+
+
 def test_attack_type_changes_are_paired_and_values_over_fewer_targets_show_their_n(run_dir):
     run = agg.load_run(run_dir)
     types, _ = agg.attack_types(run)

@@ -13,8 +13,10 @@ import json
 import math
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -563,3 +565,19 @@ def test_memory_advice_names_a_batch_that_fits():
         check_training_memory(object(), 0, [batch], [None], device="cpu", batch_size=8, grad_accum=1, free=1)
         is None
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: /proc/self/clear_refs")
+def test_peak_memory_is_reset_per_run():
+    """A sweep process runs many cells: after a reset the peak is the new run's, not an earlier
+    cell's (the lifetime peak made every cell after a full fine-tuning report its memory)."""
+    from rwku.methods.trainer import peak_rss_mb, reset_peak_rss
+
+    assert reset_peak_rss() == "run"
+    base = peak_rss_mb()
+    block = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    assert peak_rss_mb() > base + 350
+    del block
+    assert peak_rss_mb() > base + 350  # a peak outlives the memory
+    assert reset_peak_rss() == "run"
+    assert peak_rss_mb() < base + 100

@@ -71,7 +71,7 @@ def attack_run(
     from rwku.attacks.subject import AttackSubject
     from rwku.data import open_data
     from rwku.evaluation.cache import ResultCache
-    from rwku.methods.trainer import peak_rss_mb
+    from rwku.methods.trainer import peak_rss_mb, reset_peak_rss
 
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack {attack!r}; choose from: {', '.join(ATTACKS)}")
@@ -97,6 +97,7 @@ def attack_run(
     if threads:
         torch.set_num_threads(threads)
     started = time.perf_counter()
+    memory_scope = reset_peak_rss()  # the attack's own peak, not the training's before it
     records: dict[str, Any] = {}
     subject = None
     for rt in run_targets:
@@ -119,9 +120,10 @@ def attack_run(
         "run_dir": str(path),
         "targets": records,
         "seconds": round(time.perf_counter() - started, 1),
-        # the process's peak resident memory so far (in a sweep: its training too), for the
-        # memory notes of docs/models.md; the subject holds one model at a time
+        # the attack's peak resident memory ("run": since it started; "process": the process's
+        # lifetime, where it cannot be reset), for docs/models.md; one model at a time
         "peak_memory_mb": round(peak_rss_mb(), 1),
+        "peak_memory_scope": memory_scope,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     if write:

@@ -596,6 +596,12 @@ def _peak_rss_mb() -> float:
     return peak_rss_mb()
 
 
+def _reset_peak_rss() -> str:
+    from rwku.methods.trainer import reset_peak_rss
+
+    return reset_peak_rss()
+
+
 def run_unlearning(
     cfg: UnlearnConfig,
     *,
@@ -637,7 +643,9 @@ def run_unlearning(
             "status": next((s for s in statuses if s != "finished"), "finished"),
             "runs": {n: r["run"] for n, r in zip(names, runs.values())},
             "timings": {"total": round(time.perf_counter() - started, 1)},
-            "peak_memory_mb": round(_peak_rss_mb(), 1),
+            # each target's run measured its own peak: the largest of them
+            "peak_memory_mb": max((r["run"].get("peak_memory_mb") or 0.0) for r in runs.values()),
+            "peak_memory_scope": next(iter(runs.values()))["run"].get("peak_memory_scope"),
             "run_dir": str(run_dir),
             "config": asdict(cfg),
         },
@@ -674,6 +682,7 @@ def _run_once(
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
+    memory_scope = _reset_peak_rss()  # this run's peak, not an earlier sweep cell's
     # 1. data and the original model
     data = open_data(cfg.data)
     targets = [data.target(t) for t in cfg.targets]
@@ -751,6 +760,7 @@ def _run_once(
                 "timings": timings,
                 "peak_memory_mb": round(_peak_rss_mb(), 1),
                 "train_peak_memory_mb": report.peak_rss_mb if report is not None else None,
+                "peak_memory_scope": memory_scope,
                 "model": {k: loaded.info.get(k) for k in ("name", "fingerprint", "num_parameters")},
                 "run_dir": str(run_dir) if run_dir is not None else None,
                 "config": asdict(cfg),

@@ -283,9 +283,35 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process, in MiB, since it started or since the last
+    :func:`reset_peak_rss` (Linux: ``VmHWM``; elsewhere ``ru_maxrss``, the whole lifetime —
+    KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_rss() -> str:
+    """Start a new peak for :func:`peak_rss_mb`; returns the scope later peaks have: ``"run"``
+    when reset, ``"process"`` where the platform cannot (then a sweep process's later cells
+    report the peak of any earlier cell as well).
+
+    Why: a sweep runs many cells in one process, and the lifetime peak made every cell after a
+    full fine-tuning report that fine-tuning's memory. Linux (≥ 4.0) resets the high-water mark
+    when "5" is written to ``/proc/self/clear_refs``.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+        return "run"
+    except OSError:
+        return "process"
 
 
 def _now() -> str:

@@ -273,6 +273,18 @@ class Row:
         return self.key[0] if self.key else "original"
 
 
+@dataclass
+class RowTable:
+    """A report section's rows and the columns they fill; an empty one is left out of the report."""
+
+    rows: list[Row] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows
+
+
 def _stats(
     results: Sequence[dict[str, Any]], confidence: float, extra: Sequence[str] = ()
 ) -> dict[str, Stat]:

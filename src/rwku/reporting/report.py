@@ -15,6 +15,8 @@ Writes into ``RUN_DIR/report/`` (or ``--out``):
   in-context attacks, when the sweep ran them (:mod:`rwku.reporting.robustness`);
 * ``routing.csv`` / ``routing.tex`` / ``plots/routing_shift.png`` — for mixture-of-experts runs,
   how far unlearning moved the routers' expert selection (:mod:`rwku.reporting.routing`);
+* ``cost.csv`` — per row, training and evaluation seconds and peak memory
+  (:mod:`rwku.reporting.cost`);
 * ``plots/*.png`` — trade-off across epochs, across RepE's α, by attack type, batch-target
   curves, partial-layer grid (each only when the run has the cells for it);
 * ``report.html`` — all of the above in one self-contained page; sections without data are
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from rwku.io import atomic_write_text
 from rwku.reporting import aggregate as agg
-from rwku.reporting import plots, robustness, routing
+from rwku.reporting import cost, plots, robustness, routing
 from rwku.reporting.html import Figure, Section, render
 
 
@@ -82,6 +84,8 @@ class Tables:
     robustness: robustness.Robustness = field(default_factory=robustness.Robustness)
     #: the routing-shift table of mixture-of-experts runs (empty for dense models)
     routing: routing.Routing = field(default_factory=routing.Routing)
+    #: seconds and peak memory per row (empty for a saved report)
+    cost: cost.Cost = field(default_factory=cost.Cost)
 
 
 FLAG_NOTE = (
@@ -110,6 +114,7 @@ def tables_from_run(run_dir: Path, confidence: float) -> Tables:
         },
         robustness=robustness.robustness(run, confidence),
         routing=routing.routing_table(run, confidence),
+        cost=cost.cost_table(run, confidence),
         flags=agg.flag_rates(run, confidence),
     )
 
@@ -221,6 +226,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
     result.files += robustness.write_files(rob, out, agg.to_csv)
     drawn["recovery"] = robustness.plot_recovery(rob, plot_dir / "relearn_recovery.png")
     result.files += routing.write_files(t.routing, out, agg.to_csv)
+    result.files += cost.write_files(t.cost, out, agg.to_csv)
     routing_path = routing.plot_routing(t.routing, plot_dir / "routing_shift.png")
     figures = {k: Figure(FIGURES[k][0], path) for k, path in drawn.items() if path is not None}
     if routing_path is not None:  # MoE runs only: not offered as "could be added" to dense ones
@@ -246,6 +252,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
             md += [f"### {delta_title}", "", type_delta_md, ""]
     md += robustness.markdown(rob, agg.to_markdown)
     md += routing.markdown(t.routing, agg.to_markdown)
+    md += cost.markdown(t.cost, agg.to_markdown)
     if figures:
         md += ["## Figures", "", *(f"- ![{f.title}](plots/{f.path.name})" for f in figures.values()), ""]
     if addable:
@@ -284,6 +291,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         Section("Partial layers", figures=fig("layers")),
         *robustness.sections(rob, figures.get("recovery"), Section),
         *routing.sections(t.routing, figures.get("routing"), Section),
+        *cost.sections(t.cost, Section),
         Section("Not in this run", notes=[addable] if addable else []),
     ]
     write("report.html", render(f"rwku report: {t.name}", t.notes, sections))

@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rwku.reporting.aggregate import Row, RunData, Stat, _sort_key, group_key, label_for, mean_ci
+from rwku.reporting.aggregate import (
+    Row,
+    RowTable,
+    RunData,
+    Stat,
+    _sort_key,
+    group_key,
+    label_for,
+    mean_ci,
+)
 from rwku.reporting.robustness import _pct
 
 PARTS = (("forget", "F"), ("retain", "R"))
@@ -44,15 +53,9 @@ NOTE = (
 
 
 @dataclass
-class Routing:
-    rows: list[Row] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
+class Routing(RowTable):
     #: (part, group label) → [(layer, changed-token share % stat)] for the figure
     curves: dict[tuple[str, str], list[tuple[int, Stat]]] = field(default_factory=dict)
-
-    @property
-    def empty(self) -> bool:
-        return not self.rows
 
 
 def _training(result: dict[str, Any]) -> dict[str, Any] | None:
