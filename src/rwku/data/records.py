@@ -368,7 +368,7 @@ class TargetData:
         Results are cached under this key: it changes exactly when any probe, answer or
         utility item changes (including a ``limited`` subset), and not with the file layout
         or location the data was read from. With ``fields`` (names of this class's lists, e.g.
-        ``("forget",)``) only those lists and the target count, so one suite's cached result
+        ``("forget",)``) only the target and those lists are hashed, so one suite's cached result
         survives a change to another suite's items (a different utility slice, say).
         """
         data = self.to_json()

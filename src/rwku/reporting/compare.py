@@ -65,11 +65,6 @@ class Comparison:
     confidence: float
 
 
-def labels(run: RunData) -> list[str]:
-    """Every row label of the run's Table 1, in report order."""
-    return [label_for(key) for key in grouped(run)]
-
-
 def _arm(run: RunData, label: str) -> dict[str, dict[str, float | None]]:
     """{target: column values} of the row called ``label`` (one cell per target: a batch cell's
     targets each get its values, seeds are averaged)."""

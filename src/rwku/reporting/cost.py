@@ -1,17 +1,15 @@
 """The cost section of ``rwku report``: what each row took in seconds and memory.
 
 Every cell records its wall-clock phases (``record.run.timings``: load, evaluate before, corpus,
-train, evaluate after, total), the process's peak resident memory (``peak_memory_mb``) and the
-peak during training (``train_peak_memory_mb``). A method that forgets as well as another at a
-tenth of the memory (expert mode on an MoE, LoRA) is a result in itself, so the report puts the
-costs beside the scores: per row, the mean over its cells with the Student-t interval.
+train, evaluate after, total), the run's peak resident memory (``peak_memory_mb``) and its peak
+up to the end of training (``train_peak_memory_mb``). A method that forgets as well as another
+at a fraction of the memory (expert mode on an MoE, LoRA) is a result in itself, so the report
+puts the costs beside the scores: per row, the mean over its cells with the Student-t interval.
 
 Times are wall-clock on whatever machine and load the sweep met (the cell's ``host`` is in
-its file): compare rows of one sweep run on one machine. The memory is the process's peak and
-includes the evaluation engine's packed weights; ``train peak GB`` is the peak up to the end
-of training. Only records whose peak is the run's own (``peak_memory_scope: run``) give
-memory: a process-lifetime peak would carry an earlier cell's memory in a sweep. A cached original-model evaluation counts its cached seconds (near zero) in
-``eval before s``.
+its file): compare rows of one sweep run on one machine. The memory includes the evaluation
+engine's packed weights. Only records whose peak is the run's own (``peak_memory_scope: run``)
+give memory: a process-lifetime peak would carry an earlier cell's memory in a sweep.
 """
 
 from __future__ import annotations
