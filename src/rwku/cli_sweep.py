@@ -133,7 +133,7 @@ def compare(
 ) -> None:
     """Two rows of a sweep paired per target: A − B per column, its interval, and on how many
     targets A is below B (a row's own interval mostly measures how the targets differ)."""
-    from rwku.io import atomic_write_json
+    from rwku.io import atomic_write_json, atomic_write_text
     from rwku.reporting.aggregate import load_run
     from rwku.reporting.compare import compare as pair
     from rwku.reporting.compare import summary, to_csv, to_markdown
@@ -144,8 +144,7 @@ def compare(
         _fail(err)
     typer.echo(to_markdown(cmp))
     if csv_out is not None:
-        csv_out.parent.mkdir(parents=True, exist_ok=True)
-        csv_out.write_text(to_csv(cmp), encoding="utf-8")
+        atomic_write_text(csv_out, to_csv(cmp))
     if json_out is not None:
         atomic_write_json(json_out, summary(cmp))
 

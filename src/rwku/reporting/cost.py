@@ -8,8 +8,10 @@ puts the costs beside the scores: per row, the mean over its cells with the Stud
 
 Times are wall-clock on whatever machine and load the sweep met (the cell's ``host`` is in
 its file): compare rows of one sweep run on one machine. The memory includes the evaluation
-engine's packed weights. Only records whose peak is the run's own (``peak_memory_scope: run``)
-give memory: a process-lifetime peak would carry an earlier cell's memory in a sweep.
+engine's packed weights, and a run's peak can be no lower than what its process already held
+when the run started (in a sweep: memory earlier cells left allocated). Only records whose peak
+is the run's own (``peak_memory_scope: run``) give memory: a process-lifetime peak would carry
+an earlier cell's peak in a sweep.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ COLUMNS = ["train s", "eval after s", "cell s", "train peak GB", "peak GB"]
 NOTE = (
     "Per row, the mean over its cells (a batch cell counts once) ± CI: training and after-evaluation "
     "wall-clock seconds, the cell's whole wall-clock time, and the run's peak resident memory up to the end "
-    "of training and overall, in GB (only from cells that measured their own peak; an (n=…) says how many). "
+    "of training and overall, in GB (only from cells that measured their own peak; an (n=…) says how many; "
+    "in a sweep it includes what the process still held from earlier cells). "
     "Wall-clock times depend on the machine and its load: compare rows of one sweep on one machine."
 )
 
