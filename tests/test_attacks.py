@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rwku.attacks.answers import answers_in, contains_answer, remove_answer_sentences, split_sentences
+from rwku.attacks.answers import (
+    answers_in,
+    contains_answer,
+    names_target,
+    remove_answer_sentences,
+    split_sentences,
+)
 from rwku.attacks.contexts import build_contexts, invented_name, rename
 from rwku.attacks.data import (
     DATA_KINDS,
@@ -63,6 +69,15 @@ def test_split_sentences_and_remove_answer_sentences():
     assert dropped == 2 and kept == len(parts) - 2
 
 
+def test_an_answer_names_the_target_when_it_is_the_name_or_a_word_of_it():
+    assert names_target("Genghis Khan", "Genghis Khan") and names_target("genghis", "Genghis Khan")
+    assert names_target("Cage", "Nicolas Cage") and names_target("Selena Gomez & the Scene", "Selena Gomez")
+    assert names_target("RuPaul's Drag Race", "RuPaul") and names_target("Surviving R. Kelly", "R. Kelly")
+    assert not names_target("Kublai Khan", "Genghis Khan")  # his grandson: a fact, not the name
+    assert not names_target("L.", "Samuel L. Jackson") and not names_target("Jr.", "Robert Downey Jr.")
+    assert not names_target("Maine", "Stephen King") and not names_target("", "Stephen King")
+
+
 # ----------------------------------------------------------------------------- the split
 
 
@@ -94,6 +109,28 @@ def test_split_probes_gives_stable_halves_that_share_no_fact():
     assert {p.query for ps in other_seed.values() for p in ps} != {p.query for p in ev}
 
 
+def test_probes_answered_by_the_name_are_training_text_never_evaluated():
+    """Rule 2: the name is in every text about the person, so it cannot be held out. Under rule 1
+    it was an evaluated answer whenever the hash put such a probe there, and every line naming
+    the target was dropped from the training text."""
+    probes = _many_probes(12)
+    probes += [
+        _probe("Who wrote the Example Papers?", "Ada Example"),
+        _probe("___ Example was a mathematician.", "Ada", level="1"),
+        _probe("Which prize did Ada Example win?", "Example Prize"),  # a word of the name: a fact
+    ]
+    for seed in range(5):
+        train, evaluated = split_probes(_target_data(probes), seed=seed)
+        ev = [p for ps in evaluated.values() for p in ps]
+        assert not any(names_target(p.answer, "Ada Example") for p in ev)
+        assert len(ev) == 7  # half (rounded up) of the 13 probes the name does not answer
+        data = build_split(train, evaluated_answers(evaluated))
+        texts = " ".join(r["text"] for r in data.records)
+        assert "Answer: Ada Example" in texts and "Ada Example was a mathematician." in texts
+        # every training line names the target; with the name held out none would be left
+        assert len(data.records) == 6 + 2
+
+
 def test_split_data_drops_answer_overlaps_and_texts_naming_an_evaluated_answer():
     evaluated = {"level2": [_probe("Where was she born?", "Maine")]}
     train = {
@@ -113,12 +150,13 @@ def test_split_data_drops_answer_overlaps_and_texts_naming_an_evaluated_answer()
         check_excludes([{"text": "born in maine"}], ["Maine"], "split")
 
 
-def _check_targets_exclude_answers(data_dir, count: int | None) -> tuple[int, dict[str, int], int]:
+def _check_targets_exclude_answers(data_dir, count: int | None) -> tuple[int, dict[str, int], int, int]:
     from rwku.data import open_data
 
     rwku = open_data(str(data_dir))
     targets = rwku.targets()[:count]
     checked = 0
+    fewest = 10**9  # split lines of the target with the fewest
     empty: dict[str, int] = dict.fromkeys(DATA_KINDS, 0)
     for t in targets:
         td = rwku.load_target(t.name)
@@ -127,25 +165,30 @@ def _check_targets_exclude_answers(data_dir, count: int | None) -> tuple[int, di
         for kind in DATA_KINDS:
             data = build_relearn_data(kind, rwku, td, train, evaluated)
             empty[kind] += not data.records
+            if kind == "split":
+                fewest = min(fewest, len(data.records))
             for rec in data.records:
                 assert not answers_in(rec["text"], answers), (t.name, kind, rec["text"][:80])
             checked += 1
-    return checked, empty, len(targets)
+    return checked, empty, len(targets), fewest
 
 
 def test_relearning_data_excludes_evaluated_answers_targets_1_to_5(data_dir):
     """The defining property on real data: no relearning text of any kind contains an answer of
     the evaluated half (all 100 targets: the slow test below)."""
-    checked, empty, n = _check_targets_exclude_answers(data_dir, 5)
+    checked, empty, n, fewest = _check_targets_exclude_answers(data_dir, 5)
     assert checked == 15 and n == 5 and empty["related"] == empty["unrelated"] == 0
+    # rule 1 (the name held out) left Christina Aguilera 0 split lines, Bruce Lee 2, Warren Buffett 3
+    assert fewest >= 15
 
 
 @pytest.mark.slow
 def test_relearning_data_excludes_evaluated_answers_for_every_target(data_dir):
-    checked, empty, n = _check_targets_exclude_answers(data_dir, None)
+    checked, empty, n, fewest = _check_targets_exclude_answers(data_dir, None)
     assert checked == 3 * n >= 300
-    # passages always leave text; the probe split leaves none for a minority of targets
-    assert empty["related"] == empty["unrelated"] == 0 and empty["split"] < n // 4
+    # passages always leave text, and so does the probe split (rule 1: 80 of 100 targets had
+    # fewer than 8 split lines; rule 2: one, with 2)
+    assert empty["related"] == empty["unrelated"] == empty["split"] == 0 and fewest >= 2
 
 
 def test_stephen_king_related_data_drops_answer_sentences(data_dir):
@@ -194,6 +237,11 @@ def test_contexts_hold_the_answer_or_none_and_renaming_hides_the_name():
     assert ctx[1].answer is None and ctx[1].renamed is None
     for c in ctx:
         assert c.related and not answers_in(c.related, ["Maine", "Bob", "Carrie"])
+    # the name is not an answer to keep out of related text, except for the probe it answers
+    named = [_probe("What did Ada Example write?", "Carrie"), _probe("Who was born in Maine?", "Ada Example")]
+    ctx2 = build_contexts(named, passages, "Ada Example", ["Carrie", "Ada Example"])
+    assert "Ada Example" in ctx2[0].related and not answers_in(ctx2[0].related, ["Carrie"])
+    assert ctx2[1].related and "Ada Example" not in ctx2[1].related
     mapping = invented_name("Ada Example")
     assert mapping == invented_name("Ada Example") and set(mapping) == {"Ada", "Example"}
     assert "Example" not in ctx[0].renamed and contains_answer(ctx[0].renamed, "Maine")

@@ -246,6 +246,8 @@ def test_sweep_runs_every_cell_and_resume_redoes_only_unfinished(
     assert rec["record"]["epochs"][-1]["after"]["scores"] == rec["record"]["after"]["scores"]
     assert "items" not in rec["record"]["after"]  # keep_items is off by default
     assert rec["record"]["run"]["run_dir"] is None and not (out / "runs").exists()
+    held = rec["resident_mb"]  # what the process held around the cell (Linux)
+    assert set(held) == {"before", "after", "released"} and all(v > 0 for v in held.values())
     progress = json.loads((out / "progress.json").read_text())
     assert progress["left"] == 0 and progress["finished_now"] == 4 and progress["seconds_per_cell"] > 0
     # the original model is evaluated once per target: the target's second cell reads the cache
@@ -507,6 +509,32 @@ def test_one_invalid_cell_fails_the_sweep_before_any_cell_runs(
     result = runner.invoke(app, ["sweep", str(cfg), "--out", str(tmp_path / "o"), "--data", str(data_dir)])
     assert result.exit_code == 2 and bad.id in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_release_memory_gives_a_fragmented_heap_back():
+    """A sweep's cells free their tensors into the C heap; collecting alone keeps the pages."""
+    from rwku.experiments.sweep import release_memory
+    from rwku.methods.trainer import rss_mb
+
+    try:
+        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):
+        libc = ""
+    if rss_mb() is None or not libc.startswith("glibc"):
+        pytest.skip("resident memory and malloc_trim are glibc/Linux only")
+    # 64 KiB blocks stay below glibc's mmap threshold, so they live in the heap; the last one is
+    # kept, so the heap's top cannot shrink: only trimming the free pages below it returns them
+    blocks = [bytearray(64 * 1024) for _ in range(4096)]  # 256 MiB, touched
+    keep = blocks[-1]
+    del blocks
+    import gc
+
+    gc.collect()
+    held = rss_mb()
+    release_memory()
+    released = rss_mb()
+    assert held - released > 128, (held, released)
+    assert len(keep) == 64 * 1024
 
 
 def test_layer_count_of_the_default_model_is_read_without_loading_it():

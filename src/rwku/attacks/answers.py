@@ -51,6 +51,24 @@ def contains_answer(text: str, answer: str) -> bool:
     return bool(pattern is not None and pattern.search(normalize(text)))
 
 
+def names_target(answer: str, target: str) -> bool:
+    """Whether ``answer`` is the target's name: it contains the whole name, or it is one word of
+    the name of three or more letters ("Genghis", "Cage", "Selena Gomez & the Scene", "RuPaul's
+    Drag Race"; not "Kublai Khan" for Genghis Khan).
+
+    Why: 99 of RWKU's 100 targets have forget probes answered by their own name ("Who wrote Das
+    Kapital?" → "Karl Marx"). Every text about the person names them, so such an answer cannot be
+    held out of any relearning text or related context: counted as an evaluated answer, it removed
+    every line that names the target — 27 of Genghis Khan's 29 training lines, all 35 of
+    Christina Aguilera's (docs/attacks.md, "The data rule").
+    """
+    norm, name = normalize(answer), normalize(target)
+    if not norm or not name:
+        return False
+    words = {w for w in re.findall(r"[\w'.-]+", name) if sum(c.isalpha() for c in w) >= 3}
+    return norm in words or contains_answer(norm, name)
+
+
 def answers_in(text: str, answers: Iterable[str]) -> list[str]:
     """The answers that ``text`` contains, in the order given."""
     norm = normalize(text)

@@ -7,7 +7,10 @@ Each forget probe is asked again with a short context from the target's Wikipedi
     sharing most words with the question first. The knowledge is handed back in the prompt.
 ``related``
     up to :data:`MAX_SENTENCES` sentences most related to the question (shared words) that
-    contain *no* forget answer at all: on-topic text that cannot answer.
+    contain *no* forget answer at all: on-topic text that cannot answer. The target's own name
+    is not counted as an answer (:func:`rwku.attacks.answers.names_target`: nearly every
+    sentence about a person names them) except for a probe the name answers, whose related
+    sentences leave it out.
 ``renamed``
     the ``answer`` context, and the question, with the target's name replaced by an invented
     one (every word of the name, consistently). The context still holds the answer, but the
@@ -26,7 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rwku.attacks.answers import answers_in, contains_answer, normalize, split_sentences
+from rwku.attacks.answers import answers_in, contains_answer, names_target, normalize, split_sentences
 
 CONTEXT_KINDS = ("answer", "related", "renamed")
 MAX_SENTENCES = 3
@@ -92,13 +95,15 @@ def build_contexts(
 ) -> list[ProbeContext]:
     """The three contexts of every probe (see the module doc)."""
     sentences = list(dict.fromkeys(s for p in passages for s in split_sentences(p)))
-    clean = [s for s in sentences if not answers_in(s, all_answers)]
+    held_out = [a for a in all_answers if not names_target(a, target)]
+    clean = [s for s in sentences if not answers_in(s, held_out)]
     mapping = invented_name(target)
     out: list[ProbeContext] = []
     for probe in probes:
         holding = [s for s in sentences if contains_answer(s, probe.answer)]
         answer_ctx = " ".join(rank_by_overlap(probe.query, holding)[:MAX_SENTENCES]) or None
-        related_ctx = " ".join(rank_by_overlap(probe.query, clean)[:MAX_SENTENCES]) or None
+        safe = [s for s in clean if not contains_answer(s, probe.answer)]
+        related_ctx = " ".join(rank_by_overlap(probe.query, safe)[:MAX_SENTENCES]) or None
         out.append(
             ProbeContext(
                 answer=answer_ctx,

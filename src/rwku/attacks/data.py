@@ -19,6 +19,12 @@ training text contains an evaluated answer (:mod:`rwku.attacks.answers` decides 
 
 Every builder ends with :func:`check_excludes`, which raises if any text still contains an
 evaluated answer — the property the tests check, enforced where the data is made.
+
+A probe answered by the target's own name (:func:`rwku.attacks.answers.names_target`) is never
+on the evaluated side: no text about the person can leave the name out, so it could not be held
+out. It is training material of the ``split`` kind like the rest of the other half
+(:data:`DATA_RULE` 2; rule 1 evaluated such probes, and the filter then dropped every text that
+names the target).
 """
 
 from __future__ import annotations
@@ -28,11 +34,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rwku.attacks.answers import answers_in, contains_answer, remove_answer_sentences
+from rwku.attacks.answers import answers_in, contains_answer, names_target, remove_answer_sentences
 from rwku.data.records import FORGET_LEVELS, Probe, TargetData
 from rwku.errors import ConfigError, DataError
 
 DATA_KINDS = ("split", "related", "unrelated")
+#: The version of the rule that makes the evaluated half and the data; in every attack record and
+#: in the id of every sweep cell with attacks, so numbers made under another rule are never mixed.
+#: 1: the target's own name counted as an evaluated answer; 2: name answers are never evaluated.
+DATA_RULE = 2
 #: How many other targets' passages the ``unrelated`` kind uses (Łucki et al.: ten examples).
 UNRELATED_PASSAGES = 10
 
@@ -75,10 +85,16 @@ def split_probes(data: TargetData, seed: int = 0) -> tuple[dict[str, list[Probe]
     The groups are ordered by a stable hash of their probes (:func:`probe_key`) and go to the
     evaluated side until it holds half of the probes (rounded up), the rest is training
     material: independent of file order, and a different ``seed`` gives a different split.
+    Probes answered by the target's name are always training material (the module doc).
     """
     probes = [p for level in FORGET_LEVELS for p in data.forget.get(level, [])]
     if not probes:
         raise DataError(f"{data.target.name} has no forget probes to evaluate a relearning attack on")
+    probes = [p for p in probes if not names_target(p.answer, data.target.name)]
+    if not probes:
+        raise DataError(
+            f"every forget probe of {data.target.name} is answered by the name: nothing to hold out"
+        )
     groups = sorted(_answer_groups(probes), key=lambda g: min(probe_key(p, seed) for p in g))
     want = (len(probes) + 1) // 2
     chosen: set[int] = set()

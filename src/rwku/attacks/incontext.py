@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Any
 
 from rwku.attacks.contexts import CONTEXT_KINDS, build_contexts
-from rwku.attacks.data import target_passages
+from rwku.attacks.data import DATA_RULE, target_passages
 from rwku.attacks.recovery import METRICS, probe_metrics
 from rwku.data.records import FORGET_LEVELS
 
@@ -144,6 +144,7 @@ def run_incontext(
     }
     return {
         "attack": "incontext",
+        "data_rule": DATA_RULE,
         "target": target.name,
         "run": subject.run.describe(),
         "model": {k: subject.info.get(k) for k in ("name", "fingerprint", "num_parameters")},

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
-from rwku.attacks.data import DATA_KINDS, RelearnData, build_relearn_data, split_probes
+from rwku.attacks.data import DATA_KINDS, DATA_RULE, RelearnData, build_relearn_data, split_probes
 from rwku.attacks.recovery import METRICS, probe_metrics, recovery, teaching
 from rwku.errors import ConfigError
 from rwku.methods.base import UnlearningMethod, forward_logits
@@ -327,6 +327,7 @@ def run_relearn(
     ctx.timings["total"] = round(time.perf_counter() - started, 1)
     return {
         "attack": "relearn",
+        "data_rule": DATA_RULE,
         "target": target_data.target.name,
         "run": subject.run.describe(),
         "model": {k: subject.info.get(k) for k in ("name", "fingerprint", "num_parameters")},

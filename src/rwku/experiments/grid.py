@@ -119,7 +119,9 @@ class Cell:
     def spec(self) -> dict[str, Any]:
         """Everything that determines the cell's numbers: what the id hashes.
 
-        ``attacks`` only when asked for, so the ids of sweeps without attacks never change.
+        ``attacks`` only when asked for, so the ids of sweeps without attacks never change; with
+        them, the attacks' data rule (:data:`rwku.attacks.data.DATA_RULE`) from rule 2 on, so a
+        cell computed under an earlier rule is not taken for a finished one.
         """
         out = {
             "setting": self.setting,
@@ -133,7 +135,11 @@ class Cell:
             "shared": {k: v for k, v in sorted(self.shared.items()) if k not in UNHASHED},
         }
         if self.attacks:
+            from rwku.attacks.data import DATA_RULE
+
             out["attacks"] = {k: dict(sorted(v.items())) for k, v in sorted(self.attacks.items())}
+            if DATA_RULE > 1:
+                out["attack_data_rule"] = DATA_RULE
         return out
 
     @property
