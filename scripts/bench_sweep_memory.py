@@ -83,14 +83,9 @@ def main() -> int:
         return 0
 
     result: dict = {"sweep": SWEEP, "modes": {}}
-    flags = (
-        Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0]
-        if Path("/proc/cpuinfo").exists()
-        else ""
-    )
-    result["cpu_flags"] = sorted(
-        f for f in flags.split() if f in {"avx2", "avx512f", "avx512_bf16", "fma", "amx_bf16"}
-    )
+    from bench_attacks import cpu_flags  # scripts/ is on the path when this file runs
+
+    result["cpu"] = cpu_flags()
     for mode in ("gc", "trim"):
         with tempfile.TemporaryDirectory(prefix=f"rwku-sweep-memory-{mode}-") as out:
             cmd = [sys.executable, __file__, "--child", mode, "--out", out, "--data", args.data]

@@ -12,7 +12,7 @@ below T = 0.5.
 
 The default model's search is docs/results/relearn-search.jsonl; another model's goes to its
 own file (``--out``, with ``--lora-rates``/``--full-rates`` for its grid): the Qwen search is
-docs/results/qwen-study/relearn-search/README.md. Every trial is one line of the file
+docs/results/qwen-study/relearn-search/trials.jsonl (read in docs/results/qwen-study/README.md). Every trial is one line of the file
 (appended; a finished trial is skipped on a re-run, so the search resumes).
 """
 

@@ -59,8 +59,8 @@ def names_target(answer: str, target: str) -> bool:
     Why: 99 of RWKU's 100 targets have forget probes answered by their own name ("Who wrote Das
     Kapital?" → "Karl Marx"). Every text about the person names them, so such an answer cannot be
     held out of any relearning text or related context: counted as an evaluated answer, it removed
-    every line that names the target — 27 of Genghis Khan's 29 training lines, all 35 of
-    Christina Aguilera's (docs/attacks.md, "The data rule").
+    every line that names the target — 17 of Genghis Khan's 29 training lines ("Genghis"), 25 of
+    Christina Aguilera's 35 (docs/attacks.md, "The data rule").
     """
     norm, name = normalize(answer), normalize(target)
     if not norm or not name:

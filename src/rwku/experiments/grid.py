@@ -120,7 +120,7 @@ class Cell:
         """Everything that determines the cell's numbers: what the id hashes.
 
         ``attacks`` only when asked for, so the ids of sweeps without attacks never change; with
-        them, the attacks' data rule (:data:`rwku.attacks.data.DATA_RULE`) from rule 2 on, so a
+        them, the attacks' data rule (:data:`rwku.attacks.data.DATA_RULE`, since rule 2), so a
         cell computed under an earlier rule is not taken for a finished one.
         """
         out = {
@@ -138,8 +138,7 @@ class Cell:
             from rwku.attacks.data import DATA_RULE
 
             out["attacks"] = {k: dict(sorted(v.items())) for k, v in sorted(self.attacks.items())}
-            if DATA_RULE > 1:
-                out["attack_data_rule"] = DATA_RULE
+            out["attack_data_rule"] = DATA_RULE
         return out
 
     @property
