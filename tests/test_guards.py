@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,6 +178,8 @@ def test_guard_run_records_classifier_flag_rates_and_forbidden_list(
     assert 0 <= guard["classifier"]["threshold"] <= 1
     assert guard["classifier"]["held_out_fpr"] <= 0.05
     assert "Stephen King" in guard["forbidden"] and guard["penalty"] == "inf"
+    # the classifier's features were computed (fit, then each evaluation call) and stored
+    assert guard["feature_cache"]["enabled"] and guard["feature_cache"]["misses"] >= 2
     parts = guard["flag_rates"]["parts"]
     assert set(parts) == {"forget", "neighbor", "mia"} and parts["forget"]["total"] > 0
     # flagged forget answers never contain the target's name (it is removed); unflagged ones are the original's
@@ -187,11 +190,17 @@ def test_guard_run_records_classifier_flag_rates_and_forbidden_list(
 
 
 def test_eco_run_chooses_sigma_by_search(tiny_model_dir, data_dir, tmp_path, isolated_cache, fake_text):
+    _, first = _run(tiny_model_dir, data_dir, tmp_path, "guard", "others=4")  # same target, same text
     result, rec = _run(tiny_model_dir, data_dir, tmp_path, "eco", "others=4", "search_steps=2")
     assert result.exit_code == 0, result.output
     guard = rec["run"]["guard"]
     assert guard["sigma"] > 0 and len(guard["search"]["trace"]) >= 1
     assert guard["flag_rates"]["parts"]["forget"]["total"] > 0
+    # the GUARD run's classifier features are read back: the same classifier, the same flags
+    assert guard["feature_cache"]["hits"] >= 2
+    assert guard["classifier"]["threshold"] == first["run"]["guard"]["classifier"]["threshold"]
+    for part in ("forget", "neighbor", "mia"):
+        assert guard["flag_rates"]["parts"][part] == first["run"]["guard"]["flag_rates"]["parts"][part]
 
 
 @pytest.mark.parametrize(
@@ -297,6 +306,36 @@ def test_report_flag_rate_rows_and_csv(tmp_path):
     assert rows[0].values["flag U %"].mean is None
     assert "flag F %_ci" in agg.to_csv(rows, list(agg.FLAG_COLUMNS)).splitlines()[0]
     assert "1/2 (50%)" in format_flag_rates([("guard", rates(0.5)["flag_rates"])])
+
+
+def test_feature_cache_hits_are_the_computed_features_and_keys_separate_models(tiny_lm, tmp_path):
+    from rwku.methods.guarding import FeatureCache, PromptClassifier
+
+    texts = [r.prompt for r in _requests(tiny_lm)] + ["Raw text about a hotel.", "x"]
+    plain = PromptClassifier(tiny_lm, 1).features(tiny_lm, texts)  # no cache
+    cache = FeatureCache("model-a", root=tmp_path)
+    first = PromptClassifier(tiny_lm, 1, cache=cache).features(tiny_lm, texts)
+    second = PromptClassifier(tiny_lm, 1, cache=cache).features(tiny_lm, texts)
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert np.array_equal(first, plain) and np.array_equal(second, plain)
+    # another model, another layer, another order of the same texts: misses
+    other = FeatureCache("model-b", root=tmp_path)
+    PromptClassifier(tiny_lm, 1, cache=other).features(tiny_lm, texts)
+    PromptClassifier(tiny_lm, 0, cache=cache).features(tiny_lm, texts)
+    PromptClassifier(tiny_lm, 1, cache=cache).features(tiny_lm, texts[::-1])
+    assert other.misses == 1 and cache.misses == 3 and cache.hits == 1
+    # a damaged entry is recomputed, never trusted
+    entry = cache.path(tiny_lm, 1, texts)
+    entry.write_bytes(b"not an array")
+    again = PromptClassifier(tiny_lm, 1, cache=cache).features(tiny_lm, texts)
+    assert np.array_equal(again, plain) and cache.misses == 4
+    # no fingerprint (weights changed in memory) or --no-cache: nothing is read or written
+    for off in (
+        FeatureCache(None, root=tmp_path / "none"),
+        FeatureCache("m", root=tmp_path / "off", enabled=False),
+    ):
+        PromptClassifier(tiny_lm, 1, cache=off).features(tiny_lm, texts)
+        assert not off.enabled and not (tmp_path / "none").exists() and not (tmp_path / "off").exists()
 
 
 def test_guarded_model_changes_only_flagged_prompts_and_counts_flags(tiny_lm):

@@ -800,6 +800,7 @@ def _run_once(
                     seed=cfg.seed,
                     progress=cfg.progress,
                     log=log,
+                    use_cache=cfg.use_cache,
                 )
             except GuardRail as err:  # the classifier cannot meet its false-positive target
                 guard = {"classifier": err.info}
@@ -905,6 +906,10 @@ def _run_once(
         timings["evaluate_after"] = round(time.perf_counter() - t0, 1)
         if guard is not None:
             guard["flag_rates"] = eval_lm.flag_rates()
+            guard["classify_seconds"] = round(eval_lm.classify_seconds, 1)
+            cache = getattr(eval_lm.classifier, "cache", None)
+            if cache is not None:
+                guard["feature_cache"] = cache.record()
     if undo is not None:
         undo()
 

@@ -28,11 +28,15 @@ engine call as the others; flag counts are kept per suite for the run record.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
 import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -230,20 +234,91 @@ def _header_length(lm) -> int:
     return n
 
 
+class FeatureCache:
+    """The classifier's feature matrices on disk, one ``.npy`` per (model, layer, text list).
+
+    Why: GUARD and ECO on the same target fit the same classifier on the same model-written text
+    and classify the same evaluation prompts, and that forward pass (up to the middle layer, over
+    every distinct prompt) is a fixed cost of each run — on a 1.5B model on a CPU, tens of
+    minutes. A whole list is one entry, computed in the batches an uncached call would use, so a
+    hit is bit-identical to recomputing it. Keyed by the model's fingerprint (weights), dtype and
+    device type, layer, :data:`MAX_TOKENS` and the texts in order; a model without a fingerprint
+    is never cached. ``<$RWKU_CACHE or the user cache dir>/guards/features``."""
+
+    def __init__(self, model_key: str | None, root: Path | None = None, enabled: bool = True) -> None:
+        if root is None:
+            from platformdirs import user_cache_dir
+
+            root = Path(os.environ.get("RWKU_CACHE") or user_cache_dir("rwku")) / "guards" / "features"
+        self.root = root
+        self.model_key = model_key
+        self.enabled = enabled and bool(model_key)
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, lm, layer: int, texts: Sequence[str]) -> Path:
+        p = next(lm.model.parameters())
+        key = {
+            "model": self.model_key,
+            "dtype": str(p.dtype),
+            "device": p.device.type,
+            "layer": layer,
+            "max_tokens": MAX_TOKENS,
+            "texts": list(texts),
+        }
+        digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest[:40]}.npy"
+
+    def get(self, path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+        if not self.enabled or not path.exists():
+            return None
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return None  # a damaged entry is recomputed, never trusted
+        return x if x.shape == shape and x.dtype == np.float32 else None
+
+    def put(self, path: Path, x: np.ndarray) -> None:
+        if not self.enabled:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, x, allow_pickle=False)
+        os.replace(tmp, path)
+
+    def record(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "hits": self.hits, "misses": self.misses}
+
+
 class PromptClassifier:
     """Mean-pooled layer-``layer`` states of the model → logistic regression → flag."""
 
-    def __init__(self, lm, layer: int | None = None) -> None:
+    def __init__(self, lm, layer: int | None = None, cache: FeatureCache | None = None) -> None:
         n_layers = lm.model.config.num_hidden_layers
         self.layer = n_layers // 2 if layer is None else int(layer) % n_layers
         self.header = lm.encode(lm.chat_prompt("x"), True)[: _header_length(lm)]
         self.model = None
         self.threshold = 0.5
+        self.cache = cache
 
-    @torch.no_grad()
     def features(self, lm, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """[N, hidden]: the mean of the layer's output over each text's last MAX_TOKENS tokens
-        after the chat header."""
+        after the chat header (read from the feature cache when this list was seen before)."""
+        if self.cache is None or not self.cache.enabled:
+            return self._features(lm, texts, batch_size)
+        path = self.cache.path(lm, self.layer, texts)
+        x = self.cache.get(path, (len(texts), lm.model.config.hidden_size))
+        if x is not None:
+            self.cache.hits += 1
+            return x
+        self.cache.misses += 1
+        x = self._features(lm, texts, batch_size)
+        self.cache.put(path, x)
+        return x
+
+    @torch.no_grad()
+    def _features(self, lm, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         rows = []
         h = len(self.header)
         for text in texts:
@@ -331,7 +406,17 @@ class PromptClassifier:
 
 
 def train_classifier(
-    lm, data, target, *, fingerprint: str, options: dict, seed: int, progress: bool, log, generate=None
+    lm,
+    data,
+    target,
+    *,
+    fingerprint: str,
+    options: dict,
+    seed: int,
+    progress: bool,
+    log,
+    generate=None,
+    use_cache: bool = True,
 ) -> tuple[PromptClassifier, dict, dict[str, list[str]]]:
     """Write the texts, fit the classifier; return it, its record and the target's texts."""
     from rwku.data.corpus import load_generation_resources
@@ -371,7 +456,8 @@ def train_classifier(
         other_texts[other.name] = written["passages"]
         negatives += written["questions"] + statements(written["passages"])
     both = lambda texts: [lm.chat_prompt(t) for t in texts] + list(texts)  # noqa: E731
-    classifier = PromptClassifier(lm, options["layer"])
+    cache = FeatureCache(fingerprint, enabled=use_cache)
+    classifier = PromptClassifier(lm, options["layer"], cache=cache)
     info = classifier.fit(lm, both(positives), both(negatives), fpr=float(options["fpr"]), seed=seed)
     info["others"] = [t.name for t in others]
     log(
@@ -401,7 +487,23 @@ class GuardMethod(UnlearningMethod):
         """The hook of a flagged prompt (by its text), and what was chosen, for the run record."""
         raise NotImplementedError
 
-    def guard(self, lm, data, target, *, fingerprint: str, seed: int, progress: bool, log, generate=None):
+    def guard(
+        self,
+        lm,
+        data,
+        target,
+        *,
+        fingerprint: str,
+        seed: int,
+        progress: bool,
+        log,
+        generate=None,
+        use_cache: bool = True,
+    ):
+        """Train the classifier, choose the method's hooks; return the guarded model.
+
+        ``use_cache=False`` recomputes the classifier's features instead of reading them from
+        :class:`FeatureCache` (the run's ``--no-cache``)."""
         self.seed = seed
         classifier, info, texts = train_classifier(
             lm,
@@ -413,6 +515,7 @@ class GuardMethod(UnlearningMethod):
             progress=progress,
             log=log,
             generate=generate,
+            use_cache=use_cache,
         )
         hook_for, chosen = self.hooks(lm, target, classifier, texts, log)
         gate = self.options["gate"]
