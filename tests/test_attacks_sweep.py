@@ -118,6 +118,11 @@ def test_recovery_beyond_the_control_is_paired_per_target():
                     "unlearned": [point(0, 0.0), point(10, r10), point(50, r50)],
                     "original": [
                         {"step": 0, "teaching": {"ll": 0.0}, "metrics": {"ll": orig}},
+                        {
+                            "step": 10,
+                            "teaching": {"ll": t50 / 2},
+                            "metrics": {"ll": orig + t50 / 2 * removed},
+                        },
                         {"step": 50, "teaching": {"ll": t50}, "metrics": {"ll": orig + t50 * removed}},
                     ],
                 }
@@ -149,6 +154,7 @@ def test_recovery_beyond_the_control_is_paired_per_target():
         "R% LL@50",
         "R% All@50",
         "T% LL@50",
+        "R−T% LL@10",
         "R−T% LL@50",
         "removed LL",
         "ΔLL@50",
@@ -158,6 +164,8 @@ def test_recovery_beyond_the_control_is_paired_per_target():
     assert row.values["T% LL@50"].mean == pytest.approx(100 * (0.1 + 0.2 - 0.2) / 3)
     beyond = row.values["R−T% LL@50"]
     assert beyond.mean == pytest.approx(100 * (0.4 + 0.1 + 0.6) / 3)
+    # at the first budget too (the control taught half its 50-step gain by step 10)
+    assert row.values["R−T% LL@10"].mean == pytest.approx(100 * (0.05 + 0.1 + 0.1) / 3)
     # its interval is that of the paired differences (sd 25 points, n 3), not of R and T apart
     assert beyond.ci == pytest.approx(4.302653 * 25.166115 / 3**0.5, rel=1e-4)
     # the same in raw likelihood points: removed 8, 8, 0.5; gained 4, 2.4, 0.2; beyond the

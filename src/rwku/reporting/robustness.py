@@ -5,7 +5,8 @@ Reads the ``attacks`` records of a sweep's cells (a sweep YAML with ``attacks:``
 * the **relearning table**: per method group and data kind, the recovery R (in %, mean ± CI
   over targets) of the gold-answer likelihood at every budget, of ROUGE (All) at the last
   budget, the original-model control's teaching ratio T at the last budget, and R − T paired
-  per target (what comes back beyond what the data teaches, with its own interval); then the
+  per target at the first and the last budget (what comes back beyond what the data teaches,
+  with its own interval; the first budget shows a recovery that peaks early); then the
   same story in raw likelihood points, which stays readable when R's denominator is small (a
   method that removed 0.5 points has R in the thousands after any training): what unlearning
   removed from the held-out half, what the attack gave back, and that gain minus the
@@ -84,11 +85,14 @@ def relearn_table(run: RunData, confidence: float = 0.95) -> Robustness:
     steps = [b for b in budgets if b > 0]
     if not steps:
         return out
-    last = steps[-1]
+    first, last = steps[0], steps[-1]
+    # R − T at the first budget too: on a model the attack's rate over-fits (Qwen2.5-1.5B at 1e-3)
+    # the recovery peaks early and both curves fall after, so the last budget alone hides it.
+    paired = [first, last] if first != last else [last]
     out.relearn_columns = [f"R% LL@{s}" for s in steps] + [
         f"R% All@{last}",
         f"T% LL@{last}",
-        f"R−T% LL@{last}",
+        *(f"R−T% LL@{s}" for s in paired),
         "removed LL",
         f"ΔLL@{last}",
         f"ΔLL−ctl@{last}",
@@ -119,12 +123,13 @@ def relearn_table(run: RunData, confidence: float = 0.95) -> Robustness:
                 [_pct(at(c.get("original", []), last, "teaching", "ll")) for c in curves], confidence
             )
 
-            def beyond(c: dict) -> float | None:  # recovery beyond what the data teaches, per target
-                r = at(c["unlearned"], last, "recovery", "ll")
-                t = at(c.get("original", []), last, "teaching", "ll")
+            def beyond(c: dict, step: int) -> float | None:  # recovery beyond what the data teaches
+                r = at(c["unlearned"], step, "recovery", "ll")
+                t = at(c.get("original", []), step, "teaching", "ll")
                 return None if r is None or t is None else _pct(r - t)
 
-            values[f"R−T% LL@{last}"] = mean_ci([beyond(c) for c in curves], confidence)
+            for s in paired:
+                values[f"R−T% LL@{s}"] = mean_ci([beyond(c, s) for c in curves], confidence)
 
             def gain(entry: list[dict], start: float | None) -> float | None:  # raw points at `last`
                 end = next((p["metrics"].get("ll") for p in entry if p["step"] == last), None)
