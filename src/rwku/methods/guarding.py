@@ -242,21 +242,21 @@ class FeatureCache:
     every distinct prompt) is a fixed cost of each run — on a 1.5B model on a CPU, tens of
     minutes. A whole list is one entry, computed in the batches an uncached call would use, so a
     hit is bit-identical to recomputing it. Keyed by the model's fingerprint (weights), dtype and
-    device type, layer, :data:`MAX_TOKENS` and the texts in order; a model without a fingerprint
+    device type, layer, :data:`MAX_TOKENS`, batch size and the texts in order; a model without a fingerprint
     is never cached. ``<$RWKU_CACHE or the user cache dir>/guards/features``."""
 
     def __init__(self, model_key: str | None, root: Path | None = None, enabled: bool = True) -> None:
         if root is None:
-            from platformdirs import user_cache_dir
+            from rwku.evaluation.cache import cache_root
 
-            root = Path(os.environ.get("RWKU_CACHE") or user_cache_dir("rwku")) / "guards" / "features"
+            root = cache_root().parent / "guards" / "features"
         self.root = root
         self.model_key = model_key
         self.enabled = enabled and bool(model_key)
         self.hits = 0
         self.misses = 0
 
-    def path(self, lm, layer: int, texts: Sequence[str]) -> Path:
+    def path(self, lm, layer: int, texts: Sequence[str], batch_size: int = 16) -> Path:
         p = next(lm.model.parameters())
         key = {
             "model": self.model_key,
@@ -264,6 +264,7 @@ class FeatureCache:
             "device": p.device.type,
             "layer": layer,
             "max_tokens": MAX_TOKENS,
+            "batch_size": batch_size,  # the batches decide the last bits of the floats
             "texts": list(texts),
         }
         digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
@@ -307,7 +308,7 @@ class PromptClassifier:
         after the chat header (read from the feature cache when this list was seen before)."""
         if self.cache is None or not self.cache.enabled:
             return self._features(lm, texts, batch_size)
-        path = self.cache.path(lm, self.layer, texts)
+        path = self.cache.path(lm, self.layer, texts, batch_size)
         x = self.cache.get(path, (len(texts), lm.model.config.hidden_size))
         if x is not None:
             self.cache.hits += 1
