@@ -239,8 +239,8 @@ class FeatureCache:
 
     Why: GUARD and ECO on the same target fit the same classifier on the same model-written text
     and classify the same evaluation prompts, and that forward pass (up to the middle layer, over
-    every distinct prompt) is a fixed cost of each run — on a 1.5B model on a CPU, tens of
-    minutes. A whole list is one entry, computed in the batches an uncached call would use, so a
+    every distinct prompt) is a fixed cost of each run — on a 1.5B model on a CPU, an estimated
+    tens of minutes. A whole list is one entry, computed in the batches an uncached call would use, so a
     hit is bit-identical to recomputing it. Keyed by the model's fingerprint (weights), dtype and
     device type, layer, :data:`MAX_TOKENS`, batch size and the texts in order; a model without a fingerprint
     is never cached. ``<$RWKU_CACHE or the user cache dir>/guards/features``."""
