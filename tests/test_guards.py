@@ -203,6 +203,45 @@ def test_eco_run_chooses_sigma_by_search(tiny_model_dir, data_dir, tmp_path, iso
         assert guard["flag_rates"]["parts"][part] == first["run"]["guard"]["flag_rates"]["parts"][part]
 
 
+def test_attack_rebuilds_eco_with_the_runs_sigma_without_searching(
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, fake_text, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from rwku.attacks.subject import open_run
+    from rwku.cli import app
+    from rwku.methods.eco import EmbeddingCorruption
+
+    result, rec = _run(tiny_model_dir, data_dir, tmp_path, "eco", "others=2", "search_steps=2")
+    assert result.exit_code == 0, result.output
+    sigma = rec["run"]["guard"]["sigma"]
+    (run,) = open_run(tmp_path / "eco")
+    assert (
+        run.method_options["sigma"] == sigma and rec["run"]["config"]["method_options"].get("sigma") is None
+    )
+
+    def attack() -> dict:
+        args = ["attack", "incontext", str(tmp_path / "eco"), "--data", str(data_dir), "-q"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        record = json.loads((tmp_path / "eco" / "attack-incontext.json").read_text())
+        return record["targets"]["Stephen King"]["models"]["unlearned"]
+
+    with monkeypatch.context() as patch:  # as before pinning: the attack searches σ again
+        patch.setattr(EmbeddingCorruption, "replay_options", lambda self, chosen: {})
+        searched = attack()
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("the attack searched for σ again")
+
+    monkeypatch.setattr(EmbeddingCorruption, "search_sigma", no_search)
+    pinned = attack()
+    # the rebuilt guard corrupts exactly as the run's did (the same σ), without the search
+    assert pinned == searched and pinned["plain"]["ll"] > 0
+    # a σ given by the user is theirs: nothing is pinned over it
+    assert EmbeddingCorruption(sigma=3.0).replay_options({"sigma": sigma}) == {}
+
+
 @pytest.mark.parametrize(
     "option, needle",
     [

@@ -114,6 +114,9 @@ def _targets_of(run: dict[str, Any], path: Path) -> list[RunTarget]:
             raise ConfigError(
                 f"run {path} has no weights/ folder (was it saved? an interrupted run keeps none)"
             )
+    options = dict(method.options)
+    if method.guards and isinstance(run.get("guard"), dict):
+        options.update(method.replay_options(run["guard"]))  # e.g. ECO's searched σ, not searched again
     targets = run.get("targets") or cfg.get("targets") or []
     setting = run.get("setting") or ("batch" if len(targets) > 1 else "single")
     return [
@@ -122,7 +125,7 @@ def _targets_of(run: dict[str, Any], path: Path) -> list[RunTarget]:
             run_dir=path,
             method=method.name,
             mode=run.get("mode"),
-            method_options=dict(method.options),
+            method_options=options,
             model=cfg.get("model"),
             fingerprint=(run.get("model") or {}).get("fingerprint"),
             weights=weights,

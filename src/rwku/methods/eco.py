@@ -61,6 +61,13 @@ class EmbeddingCorruption(GuardMethod):
         if self.options["sigma"] is not None:
             check_range(self.name, self.options, "sigma", 0, 1e9)
 
+    def replay_options(self, chosen: dict[str, Any]) -> dict[str, Any]:
+        """The run's searched σ, so a rebuilt guard (an attack) corrupts exactly as the run did."""
+        sigma = chosen.get("sigma")
+        if self.options["sigma"] is None and isinstance(sigma, int | float) and sigma > 0:
+            return {"sigma": float(sigma)}
+        return {}
+
     def hook_for(
         self, lm, names: list[list[int]], header: list[int], text: str, *, sigma: float
     ) -> RowHook | None:

@@ -488,6 +488,13 @@ class GuardMethod(UnlearningMethod):
         """The hook of a flagged prompt (by its text), and what was chosen, for the run record."""
         raise NotImplementedError
 
+    def replay_options(self, chosen: dict[str, Any]) -> dict[str, Any]:
+        """Options that rebuild the guard a run chose (``chosen``: its record's ``guard``) without
+        choosing again. Why: an attack rebuilds the run's guard, and a choice made by a search
+        (ECO's σ) must be the run's own — the search costs minutes on a large model and, on
+        another machine or thread count, might land elsewhere. Nothing to pin by default."""
+        return {}
+
     def guard(
         self,
         lm,
