@@ -84,6 +84,17 @@ def test_sweep_attacks_every_cell_and_report_shows_the_robustness_tables(
     assert "## Robustness: is it really gone?" in md and "ans ΔLL" in md
     html = (report.out / "report.html").read_text()
     assert "Robustness: relearning attack" in html and "Robustness: in-context re-introduction" in html
+    assert "could be added" not in md or "attacks: {" not in md.split("could be added")[1]
+
+    # attacked in context only (as guard runs are): the note offers relearning, not what ran
+    path = out / "cells" / f"{cell.id}.json"
+    stripped = json.loads(path.read_text())
+    del stripped["record"]["attacks"]["relearn"]
+    path.write_text(json.dumps(stripped))
+    md = (write_report(out).out / "report.md").read_text()
+    addable = md.split("Not in this run (could be added):")[1].splitlines()[0]
+    assert "attacks: {relearn: {}}" in addable and "incontext" not in addable
+    assert "ans ΔLL" in md and "R% LL@2" not in md
 
 
 def test_report_without_attacks_has_no_robustness_section(tiny_model_dir, data_dir, tmp_path, isolated_cache):

@@ -160,6 +160,9 @@ def tables_from_saved_report(path: Path) -> Tables:
 
 
 #: figure key → (title, file, how the run could get it)
+#: What a run that was attacked in context only could add (a guard run cannot be relearned).
+RELEARN_ONLY = "relearning attacks (attacks: {relearn: {}}; not for inference-time guards, whose weights are the original's)"
+
 FIGURES = {
     "epochs": (
         "Trade-off across epochs",
@@ -233,6 +236,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, confidence:
         figures["routing"] = Figure("Routing shift per layer", routing_path)
     result.files += [f.path for f in figures.values()]
     absent = [FIGURES[k][2] for k, path in drawn.items() if path is None]
+    if drawn["recovery"] is None and rob.incontext_rows:  # in context ran: only relearning is missing
+        absent[absent.index(FIGURES["recovery"][2])] = RELEARN_ONLY
     addable = f"Not in this run (could be added): {'; '.join(absent)}." if absent else ""
 
     delta_title = f"Change from Before (after − before, {change})"
