@@ -159,10 +159,10 @@ def tables_from_saved_report(path: Path) -> Tables:
     )
 
 
-#: figure key → (title, file, how the run could get it)
 #: What a run that was attacked in context only could add (a guard run cannot be relearned).
 RELEARN_ONLY = "relearning attacks (attacks: {relearn: {}}; not for inference-time guards, whose weights are the original's)"
 
+#: figure key → (title, file, how the run could get it)
 FIGURES = {
     "epochs": (
         "Trade-off across epochs",
