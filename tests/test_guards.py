@@ -5,6 +5,7 @@ the prompt classifier, the methods' options and their bad-input errors."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -227,9 +228,13 @@ def test_attack_rebuilds_eco_with_the_runs_sigma_without_searching(
         record = json.loads((tmp_path / "eco" / "attack-incontext.json").read_text())
         return record["targets"]["Stephen King"]["models"]["unlearned"]
 
+    sigma_cache = isolated_cache / "guards" / "sigma"
+    assert len(list(sigma_cache.glob("*.json"))) == 1  # the run's search, cached
     with monkeypatch.context() as patch:  # as before pinning: the attack searches σ again
         patch.setattr(EmbeddingCorruption, "replay_options", lambda self, chosen: {})
+        shutil.rmtree(sigma_cache)
         searched = attack()
+    shutil.rmtree(sigma_cache)  # so only the replay can spare the search below
 
     def no_search(*args, **kwargs):
         raise AssertionError("the attack searched for σ again")
@@ -240,6 +245,36 @@ def test_attack_rebuilds_eco_with_the_runs_sigma_without_searching(
     assert pinned == searched and pinned["plain"]["ll"] > 0
     # a σ given by the user is theirs: nothing is pinned over it
     assert EmbeddingCorruption(sigma=3.0).replay_options({"sigma": sigma}) == {}
+
+
+def test_eco_with_and_without_the_name_gate_share_one_sigma_search(
+    tiny_model_dir, data_dir, tmp_path, isolated_cache, fake_text, monkeypatch
+):
+    from rwku.methods.eco import EmbeddingCorruption
+
+    _, plain = _run(tiny_model_dir, data_dir, tmp_path, "eco", "others=2", "search_steps=2")
+    searched = plain["run"]["guard"]
+    assert searched["search"]["cached"] is False and len(searched["search"]["trace"]) >= 1
+    calls = []
+    real = EmbeddingCorruption.search_sigma
+    monkeypatch.setattr(
+        EmbeddingCorruption, "search_sigma", lambda self, *a, **k: calls.append(1) or real(self, *a, **k)
+    )
+    result, gated = _run(
+        tiny_model_dir, data_dir, tmp_path / "g", "eco", "others=2", "search_steps=2", "gate=name"
+    )
+    assert result.exit_code == 0, result.output
+    # the gate does not enter the search: its result is read back, trace and all, not searched again
+    assert calls == [] and gated["run"]["guard"]["sigma"] == searched["sigma"]
+    assert gated["run"]["guard"]["search"] == {**searched["search"], "cached": True}
+    # anything the search reads is in the key: another search_steps searches again
+    _, other = _run(tiny_model_dir, data_dir, tmp_path / "s", "eco", "others=2", "search_steps=1")
+    assert calls == [1] and other["run"]["guard"]["search"]["cached"] is False
+    # a damaged entry is searched again, never trusted
+    for path in (isolated_cache / "guards" / "sigma").glob("*.json"):
+        path.write_text("{not json")
+    _, again = _run(tiny_model_dir, data_dir, tmp_path / "d", "eco", "others=2", "search_steps=2")
+    assert calls == [1, 1] and again["run"]["guard"]["sigma"] == searched["sigma"]
 
 
 @pytest.mark.parametrize(

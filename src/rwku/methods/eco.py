@@ -17,14 +17,19 @@ only (the generated tokens are not corrupted). Here:
   The objective: the mean log-likelihood of the original model's answers to those questions
   under corruption should fall to the level those answers have when the question names another
   RWKU target instead (what a model that never knew the target would give them). ECO matches
-  a retained model's score instead; RWKU has no retained model.
+  a retained model's score instead; RWKU has no retained model. The search's result is cached
+  (:func:`sigma_cache_path`): ECO with and without the name gate search the same σ.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import zlib
 from functools import partial
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +50,56 @@ from rwku.models.engine.hooks import RowHook
 #: Questions and answer length the σ search uses.
 SEARCH_QUESTIONS = 16
 ANSWER_TOKENS = 24
+
+
+def sigma_cache_path(lm, classifier, target, texts: dict, options: dict, seed: int) -> Path | None:
+    """Where the σ search's result for these inputs is kept, or None (caching off, no fingerprint).
+
+    Why: the search costs minutes on a 1.5B model on a CPU, and it reads nothing the name gate
+    or the evaluation changes — ECO and ECO gated by name on one target search the same σ.
+    Keyed like :class:`~rwku.methods.guarding.FeatureCache` (the model's fingerprint, dtype,
+    device) plus everything the search reads: the target, the model-written texts, the other
+    targets, ``dims``, ``search_steps``, the seed and the search's sizes.
+    ``<$RWKU_CACHE or the user cache dir>/guards/sigma``."""
+    cache = classifier.cache
+    if cache is None or not cache.enabled:
+        return None
+    p = next(lm.model.parameters())
+    key = {
+        "model": cache.model_key,
+        "dtype": str(p.dtype),
+        "device": p.device.type,
+        "target": target.name,
+        "questions": list(texts["questions"]),
+        "passages": list(texts["passages"]),
+        "others": list(texts["others"]),
+        "dims": int(options["dims"]),
+        "search_steps": int(options["search_steps"]),
+        "seed": int(seed),
+        "sizes": [SEARCH_QUESTIONS, ANSWER_TOKENS],
+    }
+    digest = hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
+    return cache.root.parent / "sigma" / f"{digest[:40]}.json"
+
+
+def _read_search(path: Path | None) -> tuple[float, dict] | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        sigma, search = float(saved["sigma"]), dict(saved["search"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a damaged entry is searched again, never trusted
+    return (sigma, search) if math.isfinite(sigma) and sigma > 0 else None
+
+
+def _write_search(path: Path | None, sigma: float, search: dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"sigma": sigma, "search": search}))
+    os.replace(tmp, path)
 
 
 @register("eco")
@@ -91,7 +146,15 @@ class EmbeddingCorruption(GuardMethod):
         hook = partial(self.hook_for, lm, names, classifier.header)
         sigma, search = self.option("sigma"), None
         if sigma is None:
-            sigma, search = self.search_sigma(lm, target, texts, list(texts["others"]), hook, log)
+            path = sigma_cache_path(lm, classifier, target, texts, self.options, self.seed)
+            found = _read_search(path)
+            if found is not None:
+                sigma, search = found[0], {**found[1], "cached": True}
+                log(f"eco: σ = {sigma:.3g} (the search's cached result)")
+            else:
+                sigma, search = self.search_sigma(lm, target, texts, list(texts["others"]), hook, log)
+                _write_search(path, sigma, search)
+                search = {**search, "cached": False}
         return partial(hook, sigma=sigma), {
             "sigma": sigma,
             "dims": int(self.option("dims")),

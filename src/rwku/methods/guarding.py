@@ -511,7 +511,7 @@ class GuardMethod(UnlearningMethod):
         """Train the classifier, choose the method's hooks; return the guarded model.
 
         ``use_cache=False`` recomputes the classifier's features instead of reading them from
-        :class:`FeatureCache` (the run's ``--no-cache``)."""
+        :class:`FeatureCache`, and makes ECO search σ again (the run's ``--no-cache``)."""
         self.seed = seed
         classifier, info, texts = train_classifier(
             lm,
