@@ -147,7 +147,7 @@ def fake_corpus(empty_for: str | None = None):
     return generate
 
 
-def _run(tiny_model_dir, data_dir, tmp_path, method: str, *options: str):
+def _run(tiny_model_dir, data_dir, tmp_path, method: str, *options: str, cli: tuple[str, ...] = ()):
     from typer.testing import CliRunner
 
     from rwku.cli import app
@@ -156,7 +156,7 @@ def _run(tiny_model_dir, data_dir, tmp_path, method: str, *options: str):
     where = {"--model": str(tiny_model_dir), "--target": "1", "--method": method, "--data": str(data_dir)}
     args = ["run", *(x for pair in where.items() for x in pair)]
     args += ["--suites", "forget,neighbor,mia", "--limit", "2", "--run-dir", str(tmp_path / method)]
-    args += ["--out", str(out), "-q", "--threads", "1"]
+    args += ["--out", str(out), "-q", "--threads", "1", *cli]
     for opt in options:
         args += ["--option", opt]
     result = CliRunner().invoke(app, args)
@@ -270,11 +270,20 @@ def test_eco_with_and_without_the_name_gate_share_one_sigma_search(
     # anything the search reads is in the key: another search_steps searches again
     _, other = _run(tiny_model_dir, data_dir, tmp_path / "s", "eco", "others=2", "search_steps=1")
     assert calls == [1] and other["run"]["guard"]["search"]["cached"] is False
+    # --no-cache searches again (and the run's features are recomputed)
+    _, fresh = _run(
+        tiny_model_dir, data_dir, tmp_path / "n", "eco", "others=2", "search_steps=2", cli=("--no-cache",)
+    )
+    assert calls == [1, 1] and fresh["run"]["guard"]["search"]["cached"] is False
+    assert (
+        fresh["run"]["guard"]["sigma"] == searched["sigma"]
+        and fresh["run"]["guard"]["feature_cache"]["hits"] == 0
+    )
     # a damaged entry is searched again, never trusted
     for path in (isolated_cache / "guards" / "sigma").glob("*.json"):
         path.write_text("{not json")
     _, again = _run(tiny_model_dir, data_dir, tmp_path / "d", "eco", "others=2", "search_steps=2")
-    assert calls == [1, 1] and again["run"]["guard"]["sigma"] == searched["sigma"]
+    assert calls == [1, 1, 1] and again["run"]["guard"]["sigma"] == searched["sigma"]
 
 
 @pytest.mark.parametrize(
