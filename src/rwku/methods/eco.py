@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import zlib
 from functools import partial
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from rwku.errors import ConfigError
+from rwku.io import atomic_write_json
 from rwku.methods.base import register
 from rwku.methods.guarding import (
     GUARD_DEFAULTS,
@@ -93,15 +93,6 @@ def _read_search(path: Path | None) -> tuple[float, dict] | None:
     return (sigma, search) if math.isfinite(sigma) and sigma > 0 else None
 
 
-def _write_search(path: Path | None, sigma: float, search: dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"sigma": sigma, "search": search}))
-    os.replace(tmp, path)
-
-
 @register("eco")
 class EmbeddingCorruption(GuardMethod):
     description: ClassVar[str] = (
@@ -153,7 +144,8 @@ class EmbeddingCorruption(GuardMethod):
                 log(f"eco: σ = {sigma:.3g} (the search's cached result)")
             else:
                 sigma, search = self.search_sigma(lm, target, texts, list(texts["others"]), hook, log)
-                _write_search(path, sigma, search)
+                if path is not None:
+                    atomic_write_json(path, {"sigma": sigma, "search": search})
                 search = {**search, "cached": False}
         return partial(hook, sigma=sigma), {
             "sigma": sigma,
