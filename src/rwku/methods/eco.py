@@ -64,11 +64,8 @@ def sigma_cache_path(lm, classifier, target, texts: dict, options: dict, seed: i
     cache = classifier.cache
     if cache is None or not cache.enabled:
         return None
-    p = next(lm.model.parameters())
     key = {
-        "model": cache.model_key,
-        "dtype": str(p.dtype),
-        "device": p.device.type,
+        **cache.model_key_of(lm),
         "target": target.name,
         "questions": list(texts["questions"]),
         "passages": list(texts["passages"]),

@@ -256,12 +256,14 @@ class FeatureCache:
         self.hits = 0
         self.misses = 0
 
-    def path(self, lm, layer: int, texts: Sequence[str], batch_size: int = 16) -> Path:
+    def model_key_of(self, lm) -> dict[str, str | None]:
+        """What identifies the computing model in a key: fingerprint (weights), dtype, device type."""
         p = next(lm.model.parameters())
+        return {"model": self.model_key, "dtype": str(p.dtype), "device": p.device.type}
+
+    def path(self, lm, layer: int, texts: Sequence[str], batch_size: int = 16) -> Path:
         key = {
-            "model": self.model_key,
-            "dtype": str(p.dtype),
-            "device": p.device.type,
+            **self.model_key_of(lm),
             "layer": layer,
             "max_tokens": MAX_TOKENS,
             "batch_size": batch_size,  # the batches decide the last bits of the floats
