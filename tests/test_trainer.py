@@ -567,6 +567,44 @@ def test_memory_advice_names_a_batch_that_fits():
     )
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux only: /proc/self/maps")
+def test_weights_still_in_their_file_count_as_needed(tmp_path):
+    from types import SimpleNamespace
+
+    from safetensors.torch import load_file, save_file
+
+    from rwku.methods.memory import GiB, check_training_memory, file_backed_bytes
+
+    save_file({"w": torch.ones(1 << 16), "b": torch.ones(10)}, str(tmp_path / "m.safetensors"))
+    loaded = load_file(str(tmp_path / "m.safetensors"))  # a memory map, as transformers loads
+    own = torch.ones(1 << 16)
+    assert file_backed_bytes(loaded.values()) == 4 * ((1 << 16) + 10)
+    assert file_backed_bytes([own, own + 1]) == 0 and file_backed_bytes([loaded["w"] * 2]) == 0
+    assert file_backed_bytes([loaded["w"], own]) == 4 << 16
+
+    shape = SimpleNamespace(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=2, vocab_size=1000, num_attention_heads=4
+    )
+    batch = {"input_ids": torch.zeros(2, 16, dtype=torch.long)}
+    fits = check_training_memory(
+        shape, 10**8, [batch], [None], device="cpu", batch_size=2, grad_accum=1, free=2 * GiB
+    )
+    assert fits is not None and fits.weights == 0 and fits.total < 2 * GiB
+    # the same step with the trained weights still in their file: their 0.4 GiB tips it over
+    with pytest.raises(ConfigError, match=r"trained weights copied out of their file 0\.4\).*mode lora"):
+        check_training_memory(
+            shape,
+            10**8,
+            [batch],
+            [None],
+            device="cpu",
+            batch_size=2,
+            grad_accum=1,
+            free=2 * GiB,
+            mapped=4 * 10**8,
+        )
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: /proc/self/clear_refs")
 def test_peak_memory_is_reset_per_run():
     """A sweep process runs many cells: after a reset the peak is the new run's, not an earlier

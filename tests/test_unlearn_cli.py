@@ -547,6 +547,13 @@ def test_memory_for_the_training_mode_is_checked_against_what_is_free(monkeypatc
         unlearn.check_against_model(
             UnlearnConfig(method="ga", mode="partial", layers="28-31"), model, 1, "cpu"
         )
+    # weights still in their file's pages (a safetensors memory map) are copied when trained
+    unlearn.check_against_model(full, model, 150_000_000, "cpu")  # 1.7 GiB of state: fits
+    monkeypatch.setattr(unlearn, "_file_backed_bytes", lambda model: 600_000_000)
+    with pytest.raises(ConfigError, match=r"1\.7 GiB \(and 0\.6 GiB more for the weights themselves"):
+        unlearn.check_against_model(full, model, 150_000_000, "cpu")
+    partial = UnlearnConfig(method="ga", mode="partial", layers="0-2")  # a tenth of the weights
+    unlearn.check_against_model(partial, model, 150_000_000, "cpu")
 
 
 def test_training_that_cannot_fit_exits_2_with_the_advice(

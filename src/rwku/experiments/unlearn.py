@@ -379,12 +379,21 @@ def _free_memory_bytes(device: str) -> int | None:
     return free_memory_bytes(device)
 
 
+def _file_backed_bytes(model) -> int:
+    """Bytes of ``model``'s parameters in a file mapping (:func:`rwku.methods.memory.file_backed_bytes`)."""
+    from rwku.methods.memory import file_backed_bytes
+
+    parameters = getattr(model, "parameters", None)
+    return file_backed_bytes(parameters()) if callable(parameters) else 0
+
+
 def check_against_model(
     cfg: UnlearnConfig, model, n_params: int, device: str, source: str = "options"
 ) -> None:
     """What the loaded model can tell before anything is evaluated or trained: the partial-mode
     layer range, and whether the memory for the trained parameters' gradients and AdamW state
-    (12 bytes per trained float32 parameter; activations come on top) is free at all."""
+    (12 bytes per trained float32 parameter; activations come on top) and, where the weights
+    are still pages of their file, for the weights themselves is free at all."""
     from rwku.methods import get_method
 
     config = getattr(model, "config", None)
@@ -407,11 +416,14 @@ def check_against_model(
         a, b = parse_layers(cfg.layers)
         trained = n_params * (b - a) // num_layers
     need, free = 12 * trained, _free_memory_bytes(device)
-    if free is not None and need > free:
+    # weights still in their file's pages become the process's own when trained (memory.py)
+    mapped = _file_backed_bytes(model) * trained // n_params
+    if free is not None and need + mapped > free:
+        copied = f" (and {mapped / 2**30:.1f} GiB more for the weights themselves, now pages of their file)"
         raise ConfigError(
             f"{source}: mode {cfg.mode} trains {trained / 1e6:.0f}M parameters, whose gradients and "
-            f"optimizer state need about {need / 2**30:.1f} GiB, but only {free / 2**30:.1f} GiB is free "
-            f"on {device}; use mode lora (or partial with fewer layers)"
+            f"optimizer state need about {need / 2**30:.1f} GiB{copied if mapped else ''}, but only "
+            f"{free / 2**30:.1f} GiB is free on {device}; use mode lora (or partial with fewer layers)"
         )
 
 

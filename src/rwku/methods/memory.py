@@ -12,7 +12,12 @@ naming a batch size that fits when it does not:
   attention output, the MLP's gate, up, activation and product, attention softmax statistics);
 * **logits**: ``3 × 4 × vocabulary`` bytes per token (the logits, their log-softmax and its
   gradient) — 1.8 MB per token for Qwen2.5's 151,936-token vocabulary;
-* 0.75 GiB once (allocator and autograd overhead).
+* 0.75 GiB once (allocator and autograd overhead);
+* **weights**: the trained weights' own bytes when they still lie in their file's pages. A
+  model loaded from safetensors on CPU is a memory map: the kernel counts its pages as
+  available (page cache) until training writes to them, when they become the process's own
+  (copy-on-write). Measured on Qwen2.5-Coder-1.5B: all 6.6 GiB of parameters file-backed after
+  loading, 0.5 GiB resident, and MemAvailable still 21.2 GiB of 23.5.
 
 With gradient checkpointing (``--gradient-checkpointing``) a layer keeps its input (``4 ×
 hidden`` bytes per token) and, as measured, its attention scores (``4 × heads × seq``), and one
@@ -28,14 +33,21 @@ the safe side by up to a fifth. Every tensor of the batch with ``input_ids`` in 
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from rwku.errors import ConfigError
 
-__all__ = ["MemoryEstimate", "check_training_memory", "estimate_step_memory", "free_memory_bytes"]
+__all__ = [
+    "MemoryEstimate",
+    "check_training_memory",
+    "estimate_step_memory",
+    "file_backed_bytes",
+    "free_memory_bytes",
+]
 
 GiB = 2**30
 OVERHEAD = 3 * GiB // 4
@@ -63,6 +75,41 @@ def free_memory_bytes(device: str) -> int | None:
     return None
 
 
+def _file_mappings() -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings of files (Linux; empty elsewhere)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return []
+    spans = []
+    for line in maps.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            start, end = fields[0].split("-")
+            spans.append((int(start, 16), int(end, 16)))
+    return sorted(spans)
+
+
+def file_backed_bytes(tensors: Iterable[Any]) -> int:
+    """Bytes of the CPU ``tensors`` whose data lie in a mapping of a file (0 where unknown).
+
+    Such weights cost nothing now and their full size once training writes to them (see the
+    module doc), so a check against MemAvailable must count them as needed."""
+    spans = _file_mappings()
+    if not spans:
+        return 0
+    starts = [a for a, _ in spans]
+    total = 0
+    for t in tensors:
+        if getattr(getattr(t, "device", None), "type", None) != "cpu":
+            continue
+        ptr = t.data_ptr()
+        i = bisect.bisect_right(starts, ptr) - 1
+        if i >= 0 and ptr < spans[i][1]:
+            total += t.numel() * t.element_size()
+    return total
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes one training step adds to the loaded model, by kind, for ``tokens`` batch tokens."""
@@ -72,10 +119,12 @@ class MemoryEstimate:
     logits: int
     tokens: int
     rows: int
+    weights: int = 0
+    """Trained weights still in their file's pages: they become the process's own when written."""
 
     @property
     def total(self) -> int:
-        return self.optimizer + self.activations + self.logits
+        return self.optimizer + self.activations + self.logits + self.weights
 
     @property
     def per_row(self) -> float:
@@ -83,9 +132,12 @@ class MemoryEstimate:
         return (self.activations + self.logits) / max(1, self.rows)
 
     def describe(self) -> str:
+        weights = (
+            f", trained weights copied out of their file {self.weights / GiB:.1f}" if self.weights else ""
+        )
         return (
             f"{self.total / GiB:.1f} GiB (gradients and AdamW state {self.optimizer / GiB:.1f}, activations "
-            f"{self.activations / GiB:.1f}, logits {self.logits / GiB:.1f} for {self.tokens:,} tokens)"
+            f"{self.activations / GiB:.1f}, logits {self.logits / GiB:.1f} for {self.tokens:,} tokens{weights})"
         )
 
 
@@ -140,11 +192,13 @@ def check_training_memory(
     grad_accum: int,
     free: int | None = None,
     checkpointing: bool = False,
+    mapped: int = 0,
 ) -> MemoryEstimate | None:
     """Raise :class:`ConfigError` when the largest step would not fit in free memory.
 
-    Returns the estimate (None when the free memory or the model's shape is unknown, e.g. MPS
-    or a custom model: then nothing is refused).
+    ``mapped``: bytes of the trained weights that still lie in their file's pages
+    (:func:`file_backed_bytes`). Returns the estimate (None when the free memory or the model's
+    shape is unknown, e.g. MPS or a custom model: then nothing is refused).
     """
     free = free_memory_bytes(device) if free is None else free
     forget = max((_batch_size(b) for b in batches), key=lambda t: t[2], default=(0, 0, 0))
@@ -160,9 +214,10 @@ def check_training_memory(
         )
     except (AttributeError, TypeError, ValueError):
         return None
+    est = replace(est, weights=mapped)
     if free is None or est.total <= free:
         return est
-    room = free - est.optimizer
+    room = free - est.optimizer - est.weights
     fits = int(room // est.per_row) if est.per_row > 0 and room > 0 else 0
     per_update = batch_size * grad_accum
     fits = max((d for d in range(1, min(fits, batch_size - 1) + 1) if per_update % d == 0), default=0)
@@ -175,7 +230,8 @@ def check_training_memory(
         advice = "use a shorter --max-length"
     if not checkpointing and est.activations > est.logits:
         advice += ", --gradient-checkpointing"
-    advice += ", or mode lora or partial with fewer layers" if est.optimizer > est.total / 2 else ""
+    fixed = est.optimizer + est.weights
+    advice += ", or mode lora or partial with fewer layers" if fixed > est.total / 2 else ""
     raise ConfigError(
         f"not enough memory to train: one step needs about {est.describe()} on top of the loaded model, "
         f"but only {free / GiB:.1f} GiB is free on {device}; {advice} (estimate: rwku/methods/memory.py)"

@@ -64,7 +64,7 @@ from rwku.io import atomic_write_json
 from rwku.methods import distributed
 from rwku.methods.base import Batch, Hyperparameters, UnlearningMethod, decoder_layers
 from rwku.methods.batches import build_batch
-from rwku.methods.memory import check_training_memory
+from rwku.methods.memory import check_training_memory, file_backed_bytes
 from rwku.methods.modes import TrainingMode, is_peft_model, parse_mode, prepare_model, save_trained
 from rwku.models.packed import release_packed
 
@@ -705,6 +705,7 @@ def train(
                 batch_size=hp.batch_size,
                 grad_accum=hp.grad_accum,
                 checkpointing=gradient_checkpointing,
+                mapped=file_backed_bytes(p for p in trained.parameters() if p.requires_grad),
             )
 
         # What the loss needs from the original model, computed before any update (module doc).
