@@ -581,6 +581,7 @@ def test_weights_still_in_their_file_count_as_needed(tmp_path):
     assert file_backed_bytes(loaded.values()) == 4 * ((1 << 16) + 10)
     assert file_backed_bytes([own, own + 1]) == 0 and file_backed_bytes([loaded["w"] * 2]) == 0
     assert file_backed_bytes([loaded["w"], own]) == 4 << 16
+    assert file_backed_bytes([torch.ones(1 << 16).share_memory_()]) == 0  # /dev/shm: not page cache
 
     shape = SimpleNamespace(
         hidden_size=64, intermediate_size=256, num_hidden_layers=2, vocab_size=1000, num_attention_heads=4

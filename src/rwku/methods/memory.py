@@ -76,7 +76,10 @@ def free_memory_bytes(device: str) -> int | None:
 
 
 def _file_mappings() -> list[tuple[int, int]]:
-    """(start, end) of this process's mappings of files (Linux; empty elsewhere)."""
+    """(start, end) of this process's mappings of files on disk (Linux; empty elsewhere).
+
+    Shared memory (``/dev/shm``, ``/memfd:``, deleted files) is not page cache: MemAvailable
+    already leaves it out, so it is not counted again."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
@@ -84,7 +87,12 @@ def _file_mappings() -> list[tuple[int, int]]:
     spans = []
     for line in maps.splitlines():
         fields = line.split(maxsplit=5)
-        if len(fields) == 6 and fields[5].startswith("/"):
+        path = fields[5] if len(fields) == 6 else ""
+        if (
+            path.startswith("/")
+            and not path.startswith(("/dev/", "/memfd:"))
+            and not path.endswith("(deleted)")
+        ):
             start, end = fields[0].split("-")
             spans.append((int(start, 16), int(end, 16)))
     return sorted(spans)
