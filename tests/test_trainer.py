@@ -569,6 +569,7 @@ def test_memory_advice_names_a_batch_that_fits():
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="Linux only: /proc/self/maps")
 def test_weights_still_in_their_file_count_as_needed(tmp_path):
+    from functools import partial
     from types import SimpleNamespace
 
     from safetensors.torch import load_file, save_file
@@ -587,23 +588,22 @@ def test_weights_still_in_their_file_count_as_needed(tmp_path):
         hidden_size=64, intermediate_size=256, num_hidden_layers=2, vocab_size=1000, num_attention_heads=4
     )
     batch = {"input_ids": torch.zeros(2, 16, dtype=torch.long)}
-    fits = check_training_memory(
-        shape, 10**8, [batch], [None], device="cpu", batch_size=2, grad_accum=1, free=2 * GiB
+    step = partial(
+        check_training_memory,
+        shape,
+        10**8,
+        [batch],
+        [None],
+        device="cpu",
+        batch_size=2,
+        grad_accum=1,
+        free=2 * GiB,
     )
+    fits = step()
     assert fits is not None and fits.weights == 0 and fits.total < 2 * GiB
     # the same step with the trained weights still in their file: their 0.4 GiB tips it over
     with pytest.raises(ConfigError, match=r"trained weights copied out of their file 0\.4\).*mode lora"):
-        check_training_memory(
-            shape,
-            10**8,
-            [batch],
-            [None],
-            device="cpu",
-            batch_size=2,
-            grad_accum=1,
-            free=2 * GiB,
-            mapped=4 * 10**8,
-        )
+        step(mapped=4 * 10**8)
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux only: /proc/self/clear_refs")
