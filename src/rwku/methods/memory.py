@@ -16,8 +16,10 @@ naming a batch size that fits when it does not:
 * **weights**: the trained weights' own bytes when they still lie in their file's pages. A
   model loaded from safetensors on CPU is a memory map: the kernel counts its pages as
   available (page cache) until training writes to them, when they become the process's own
-  (copy-on-write). Measured on Qwen2.5-Coder-1.5B: all 6.6 GiB of parameters file-backed after
-  loading, 0.5 GiB resident, and MemAvailable still 21.2 GiB of 23.5.
+  (copy-on-write). Measured on Qwen2.5-Coder-1.5B (``rwku.models.resolve.load_model``, then
+  :func:`file_backed_bytes` over its parameters, VmRSS from /proc/self/status and
+  :func:`free_memory_bytes`): all 6.6 GiB of parameters file-backed after loading, 0.5 GiB
+  resident, and MemAvailable still 21.2 GiB of 23.5.
 
 With gradient checkpointing (``--gradient-checkpointing``) a layer keeps its input (``4 ×
 hidden`` bytes per token) and, as measured, its attention scores (``4 × heads × seq``), and one
